@@ -1,0 +1,128 @@
+"""Account JWTs: build the claims from what is stored and sign with the operator signing key."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolver.db.models import (
+    Account,
+    AccountSigningKey,
+    Operator,
+    OperatorSigningKey,
+    Revocation,
+)
+from resolver.errors import NotFoundError
+from resolver.natsjwt import account_claims, decode, encode, new_keypair, scoped_signing_key
+from resolver.sealing import Sealer
+
+
+async def active_signing_key(session: AsyncSession, operator: Operator) -> OperatorSigningKey:
+    """The newest unretired operator signing key: what account JWTs are signed with."""
+    key = await session.scalar(
+        select(OperatorSigningKey)
+        .where(
+            OperatorSigningKey.operator_id == operator.id,
+            OperatorSigningKey.retired_at.is_(None),
+        )
+        .order_by(OperatorSigningKey.id.desc())
+        .limit(1)
+    )
+    if key is None:
+        raise NotFoundError("the operator has no active signing key")
+    return key
+
+
+async def add_plain_signing_key(
+    session: AsyncSession, sealer: Sealer, account: Account
+) -> AccountSigningKey:
+    """A new plain (unscoped) account signing key.
+
+    The operator uses ``strict_signing_key_usage``, and nats-server applies that to accounts
+    too: a user JWT signed by the account identity key is refused ("User JWT issuer is not
+    known"). So every user, workloads included, is signed by an account signing key.
+    """
+    public, seed = new_keypair("account")
+    key = AccountSigningKey(account_id=account.id, public_key=public, seed_sealed=sealer.seal(seed))
+    session.add(key)
+    await session.flush()
+    return key
+
+
+async def plain_signing_key(session: AsyncSession, account: Account) -> AccountSigningKey:
+    """The newest unretired plain signing key of ``account`` (signs workload users)."""
+    key = await session.scalar(
+        select(AccountSigningKey)
+        .where(
+            AccountSigningKey.account_id == account.id,
+            AccountSigningKey.role_set.is_(None),
+            AccountSigningKey.retired_at.is_(None),
+        )
+        .order_by(AccountSigningKey.id.desc())
+        .limit(1)
+    )
+    if key is None:
+        raise NotFoundError(f"account {account.name!r} has no signing key")
+    return key
+
+
+async def account_signing_keys(session: AsyncSession, account: Account) -> list[Any]:
+    """Signing keys as the account JWT lists them: plain keys and ``user_scope`` keys."""
+    rows = await session.scalars(
+        select(AccountSigningKey)
+        .where(AccountSigningKey.account_id == account.id)
+        .order_by(AccountSigningKey.id)
+    )
+    keys: list[Any] = []
+    for row in rows:
+        if row.role_set is None:
+            keys.append(row.public_key)
+        else:
+            keys.append(scoped_signing_key(row.public_key, row.role_set, row.template or {}))
+    return keys
+
+
+async def build_account_claims(
+    session: AsyncSession, account: Account, *, ttl_seconds: int, now: int
+) -> dict[str, Any]:
+    revocations = {
+        row.public_key: row.revoked_at
+        for row in await session.scalars(
+            select(Revocation)
+            .where(Revocation.account_id == account.id)
+            .order_by(Revocation.public_key)
+        )
+    }
+    spec = account.spec or {}
+    return account_claims(
+        account.name,
+        account.public_key,
+        limits=spec.get("limits"),
+        tags=spec.get("tags", []),
+        exports=spec.get("exports", []),
+        imports=spec.get("imports", []),
+        description=spec.get("description"),
+        revocations=revocations,
+        signing_keys=await account_signing_keys(session, account),
+        exp=now + ttl_seconds,
+    )
+
+
+async def sign_account(
+    session: AsyncSession, sealer: Sealer, account: Account, *, ttl_seconds: int
+) -> str:
+    """Sign ``account``'s current claims and store JWT, jti, iat and exp on the row."""
+    operator = await session.get_one(Operator, account.operator_id)
+    signer = await active_signing_key(session, operator)
+    now = int(time.time())
+    claims = await build_account_claims(session, account, ttl_seconds=ttl_seconds, now=now)
+    token = encode(claims, sealer.open(signer.seed_sealed), iat=now)
+    decoded = decode(token)
+    account.jwt = token
+    account.jti = decoded.jti
+    account.issued_at = decoded.iat
+    account.expires_at = decoded.exp
+    return token

@@ -1,0 +1,48 @@
+"""The composition root: the only place that builds engines, clients and schedulers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from resolver import health
+from resolver.accounts import views as account_views
+from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
+from resolver.config import Settings
+from resolver.db.engine import create_engine, create_sessionmaker
+from resolver.db.migrate import head_revision
+from resolver.http.errors import error_middleware
+from resolver.http.middlewares import request_id_middleware
+from resolver.sealing import Sealer, load_master_key
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    if ENGINE not in app:
+        app[ENGINE] = create_engine(app[SETTINGS].database_url, echo=app[SETTINGS].database.echo)
+    app[SESSIONMAKER] = create_sessionmaker(app[ENGINE])
+    yield
+    await app[ENGINE].dispose()
+
+
+def create_app(
+    settings: Settings, *, overrides: Mapping[web.AppKey[Any], Any] | None = None
+) -> web.Application:
+    """Build the application; ``overrides`` replaces registrations (tests, benchmarks)."""
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware],
+        client_max_size=settings.server.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[SCHEMA_HEAD] = head_revision() or ""
+    for key, value in (overrides or {}).items():
+        app[key] = value
+    if SEALER not in app:
+        # Fail at start-up, not at the first signature, when the master key is missing.
+        app[SEALER] = Sealer(load_master_key(settings.master_key_path))
+    app.cleanup_ctx.append(database_ctx)
+
+    health.setup(app)
+    account_views.setup(app)
+    return app

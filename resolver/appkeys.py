@@ -1,0 +1,16 @@
+"""Every ``web.AppKey`` of the application, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from resolver.config import Settings
+from resolver.sealing import Sealer
+
+SETTINGS = web.AppKey("settings", Settings)
+SEALER = web.AppKey("sealer", Sealer)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
+#: Alembic head this code expects; /readyz compares it with the database.
+SCHEMA_HEAD = web.AppKey("schema_head", str)

@@ -1,0 +1,243 @@
+"""Command line: ``nats-iam-resolver COMMAND --config FILE``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolver.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Settings, load_settings
+from resolver.db.engine import create_engine, create_sessionmaker
+from resolver.errors import ConfigError, ResolverError
+
+T = TypeVar("T")
+
+
+class ResolverGroup(click.Group):
+    """Turns domain errors into one line on stderr instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"error: invalid configuration: {exc}", err=True)
+            ctx.exit(2)
+        except ResolverError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def config_path_of(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help=f"Config file (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG_PATH}).",
+    )(func)
+
+
+def settings_from(config: Path | None) -> Settings:
+    return load_settings(config_path_of(config))
+
+
+@contextlib.asynccontextmanager
+async def cli_session(settings: Settings) -> AsyncIterator[AsyncSession]:
+    """A session on a one-off engine, for commands that run outside the service."""
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@click.group(cls=ResolverGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nats-iam-resolver")
+def cli() -> None:
+    """nats-iam-resolver: NATS accounts and credentials that follow your identity provider."""
+
+
+@cli.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Directory for config, keys, database and creds (default: the config file's).",
+)
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP listen address.")
+@click.option("--port", default=8080, show_default=True, type=int, help="HTTP port.")
+@click.option("--public-url", default="", help="URL nats-server uses to reach this service.")
+@click.option("--nats-url", default="nats://127.0.0.1:4222", show_default=True)
+@click.option("--operator-name", default="nats-iam-resolver", show_default=True)
+def init(
+    data_dir: Path | None,
+    config: Path | None,
+    host: str,
+    port: int,
+    public_url: str,
+    nats_url: str,
+    operator_name: str,
+) -> None:
+    """Create (or complete) a data directory: config, master key, database, operator, creds."""
+    from resolver.bootstrap import initialize, write_config
+
+    if config is None:
+        config = (data_dir or DEFAULT_CONFIG_PATH.parent) / "resolver.toml"
+    config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    wrote = write_config(config, host=host, port=port, public_url=public_url, nats_url=nats_url)
+    report = run(initialize(config, operator_name=operator_name))
+    if wrote:
+        report.created.insert(0, f"config {config}")
+    for item in report.created:
+        click.echo(f"created {item}")
+    if not report.created:
+        click.echo(f"{config}: already initialised, nothing to do")
+    click.echo(f"operator        {report.operator_key}")
+    click.echo(f"system account  {report.system_account_key}")
+    click.echo(f"nats-server -c {report.nats_config_path}")
+
+
+@cli.command()
+@config_option
+def serve(config: Path | None) -> None:
+    """Run the HTTP service (resolver, SCIM, admin API)."""
+    from resolver.server import serve as serve_forever
+
+    serve_forever(settings_from(config))
+
+
+@cli.command()
+@config_option
+def migrate(config: Path | None) -> None:
+    """Migrate the database schema to the newest revision."""
+    from resolver.db import migrate as migrations
+
+    settings = settings_from(config)
+
+    async def go() -> str | None:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrations.upgrade(engine)
+            return await migrations.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    click.echo(f"database at revision {run(go())}")
+
+
+@cli.group()
+def token() -> None:
+    """API bearer tokens (for the IdP's SCIM client and for admins)."""
+
+
+@token.command("create")
+@config_option
+@click.option("--name", required=True, help="Who or what uses the token (shown in the audit log).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["scim", "admin", "admin:read", "push"]),
+    help="Repeat for several scopes.",
+)
+@click.option("--replace", is_flag=True, help="Replace a token of the same name.")
+def token_create(config: Path | None, name: str, scopes: tuple[str, ...], replace: bool) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from resolver.auth.tokens import create_token
+
+    settings = settings_from(config)
+
+    async def go() -> str:
+        async with cli_session(settings) as session, session.begin():
+            return await create_token(session, name, scopes, replace=replace)
+
+    click.echo(run(go()))
+
+
+@token.command("list")
+@config_option
+def token_list(config: Path | None) -> None:
+    """List tokens (names and scopes, never secrets)."""
+    from resolver.auth.tokens import list_tokens
+
+    settings = settings_from(config)
+
+    async def go() -> None:
+        async with cli_session(settings) as session:
+            for row in await list_tokens(session):
+                state = "revoked" if row.revoked_at else "active"
+                click.echo(f"{row.name}\t{row.scopes}\t{state}\t{row.created_at:%Y-%m-%d}")
+
+    run(go())
+
+
+@token.command("revoke")
+@config_option
+@click.option("--name", required=True)
+def token_revoke(config: Path | None, name: str) -> None:
+    """Revoke a token by name."""
+    from resolver.auth.tokens import revoke_token
+
+    settings = settings_from(config)
+
+    async def go() -> None:
+        async with cli_session(settings) as session, session.begin():
+            await revoke_token(session, name)
+
+    run(go())
+    click.echo(f"revoked {name}")
+
+
+@cli.command("nats-config")
+@config_option
+@click.option("--monitor-port", type=int, default=None, help="Also enable the HTTP monitor.")
+def nats_config(config: Path | None, monitor_port: int | None) -> None:
+    """Print the nats-server configuration for this operator."""
+    from resolver.accounts.operator import get_operator
+    from resolver.bootstrap import render_nats_config
+
+    settings = settings_from(config)
+
+    async def go() -> str:
+        async with cli_session(settings) as session:
+            return render_nats_config(
+                settings, await get_operator(session), monitor_port=monitor_port
+            )
+
+    click.echo(run(go()), nl=False)
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("data"))
+@config_option
+def dev(data_dir: Path, config: Path | None) -> None:
+    """Local stack for `make run`: init if needed, then the resolver plus a nats-server."""
+    from resolver.devstack import run_dev_stack
+
+    sys.exit(run_dev_stack(config or data_dir / "resolver.toml"))
+
+
+def main() -> None:
+    cli(prog_name="nats-iam-resolver")

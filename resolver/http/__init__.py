@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every feature: middlewares, auth, error mapping."""

@@ -1,0 +1,34 @@
+"""Bearer-token authentication with scopes, checked per route."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from resolver.appkeys import SESSIONMAKER
+from resolver.auth.tokens import TokenInfo, verify_token
+from resolver.errors import AuthenticationError, PermissionDeniedError
+
+TOKEN_KEY = web.RequestKey("token", TokenInfo)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def authenticate(request: web.Request, scope: str) -> TokenInfo:
+    """The calling token, if it is valid and has ``scope``; else 401/403 via domain errors."""
+    presented = bearer_token(request)
+    if presented is None:
+        raise AuthenticationError("a bearer token is required")
+    async with request.app[SESSIONMAKER]() as session:
+        info = await verify_token(session, presented)
+    if info is None:
+        raise AuthenticationError("the bearer token is not valid")
+    if not info.allows(scope):
+        raise PermissionDeniedError(f"this token lacks the {scope!r} scope")
+    request[TOKEN_KEY] = info
+    return info

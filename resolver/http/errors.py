@@ -1,0 +1,88 @@
+"""The one place where exceptions become HTTP responses.
+
+Domain errors (``resolver.errors``) become JSON ``{"error": code, "message": ...}``. Anything
+unexpected is logged with its traceback server-side and answered with a bare 500 that carries
+only the request id, never the exception text (it could hold a secret).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from resolver import errors
+from resolver.http.middlewares import REQUEST_ID_HEADER, Handler, request_id
+
+log = logging.getLogger("resolver.http.errors")
+
+STATUS_BY_ERROR: dict[type[errors.ResolverError], int] = {
+    errors.ValidationError: 400,
+    errors.AuthenticationError: 401,
+    errors.PermissionDeniedError: 403,
+    errors.NotFoundError: 404,
+    errors.ConflictError: 409,
+    errors.ConfigError: 500,
+    errors.SealingError: 500,
+}
+
+#: Renders an error for one surface (SCIM wants its own body): (request, status, code, message).
+ErrorRenderer = Callable[[web.Request, int, str, str], web.StreamResponse]
+ERROR_RENDERERS = web.AppKey("error_renderers", dict[str, ErrorRenderer])
+
+
+def register_error_renderer(app: web.Application, prefix: str, renderer: ErrorRenderer) -> None:
+    """Let a feature (SCIM) render errors under path ``prefix`` in its own format."""
+    app.setdefault(ERROR_RENDERERS, {})[prefix] = renderer
+
+
+def status_for(exc: errors.ResolverError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 400
+
+
+def _json_error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    body = {"error": code, "message": message, "request_id": request_id(request)}
+    return web.json_response(body, status=status)
+
+
+def render_error(request: web.Request, status: int, code: str, message: str) -> web.StreamResponse:
+    for prefix, renderer in request.app.get(ERROR_RENDERERS, {}).items():
+        if request.path.startswith(prefix):
+            return renderer(request, status, code, message)
+    return _json_error(request, status, code, message)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.ResolverError as exc:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("%s: %s", type(exc).__name__, exc)
+        response = render_error(request, status, exc.code, str(exc))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.empty_body:
+            raise
+        # aiohttp's own 404/405/413 become JSON (or SCIM) too, keeping their headers.
+        response = render_error(
+            request, exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason
+        )
+        for name, value in exc.headers.items():
+            if name.lower() not in {"content-type", "content-length"}:
+                response.headers[name] = value
+        return response
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = render_error(request, 500, "internal", "internal error")
+        rid = request_id(request)
+        if rid:
+            response.headers[REQUEST_ID_HEADER] = rid
+        return response

@@ -1,0 +1,37 @@
+"""Running the application: TLS, listen address, and the event loop."""
+
+from __future__ import annotations
+
+import ssl
+
+from aiohttp import web
+
+from resolver.app import create_app
+from resolver.config import Settings
+from resolver.errors import ConfigError
+from resolver.logs import configure_logging
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.server.tls_cert is None or settings.server.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("server.tls_cert", f"cannot load certificate/key: {exc}") from None
+    return context
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    configure_logging(settings.log.level, settings.log.format)
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        ssl_context=ssl_context(settings),
+        access_log=None,
+        print=None,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from resolver.appkeys import SESSIONMAKER
+from resolver.audit.service import Actor
 from resolver.auth.tokens import TokenInfo, verify_token
 from resolver.errors import AuthenticationError, PermissionDeniedError
 
@@ -32,3 +33,15 @@ async def authenticate(request: web.Request, scope: str) -> TokenInfo:
         raise PermissionDeniedError(f"this token lacks the {scope!r} scope")
     request[TOKEN_KEY] = info
     return info
+
+
+def actor_of(request: web.Request) -> Actor:
+    """The audit actor of an authenticated request: the token's name, request id, address."""
+    from resolver.http.middlewares import request_id
+
+    token = request.get(TOKEN_KEY)
+    return Actor(
+        name=token.name if token is not None else "anonymous",
+        request_id=request_id(request),
+        source=request.remote,
+    )

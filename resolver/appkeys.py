@@ -6,6 +6,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resolver.config import Settings
+from resolver.push.wake import PushWaker
 from resolver.sealing import Sealer
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -14,3 +15,5 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 #: Alembic head this code expects; /readyz compares it with the database.
 SCHEMA_HEAD = web.AppKey("schema_head", str)
+#: Wakes the pusher after a commit that wrote outbox rows (a no-op when NATS is disabled).
+PUSHER = web.AppKey("pusher", PushWaker)

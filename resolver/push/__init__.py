@@ -1,0 +1,1 @@
+"""Pushing account JWTs to nats-server over the system account, from a durable outbox."""

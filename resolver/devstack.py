@@ -36,13 +36,23 @@ def nats_server_binary() -> str:
     return found
 
 
+async def _quiet(_error: Exception) -> None:
+    # nats-py logs every refused attempt with a traceback unless given an error callback;
+    # refusals are expected here while nats-server starts.
+    return None
+
+
 async def _wait_for_nats(url: str, creds: Path, deadline: float = 15.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     while True:
         try:
             nc = await nats.connect(
-                url, user_credentials=str(creds), connect_timeout=1, allow_reconnect=False
+                url,
+                user_credentials=str(creds),
+                connect_timeout=1,
+                allow_reconnect=False,
+                error_cb=_quiet,
             )
         except Exception:
             if loop.time() > end:

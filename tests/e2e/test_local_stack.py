@@ -86,6 +86,7 @@ async def test_make_run_stack_starts_both_and_stops_on_signal(tmp_path: Path) ->
         out = stack.output()
         assert re.search(r"SCIM token\s+nir_\S+", out) and re.search(r"admin token\s+nir_\S+", out)
         assert f"http://127.0.0.1:{http_port}" in out
+        assert "Traceback" not in out
         await _system_user_round_trip(f"nats://127.0.0.1:{nats_port}", data / "sys.creds")
     finally:
         code = stack.stop(signal.SIGINT, timeout=20)

@@ -1,0 +1,1 @@
+"""Bindings (IdP group → account + role), roles compiled into scoped signing keys, explain."""

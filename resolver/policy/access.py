@@ -1,0 +1,103 @@
+"""Who reaches which account with which roles: SCIM memberships joined with bindings, in SQL.
+
+A binding names its group by SCIM id or by displayName (so a policy may be applied before
+the IdP has pushed the group); both are joined here. Expired bindings (``ends_at`` passed)
+grant nothing, exactly as if the member had left the group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolver.db.models import Account, Binding, Group, GroupMember, Role, User, utcnow
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One reason a user reaches an account: the group, the binding and the role."""
+
+    account_id: int
+    account_name: str
+    role: str
+    binding_id: int
+    group_id: str
+    group_name: str
+
+
+def _grants_query(now: datetime) -> Select[tuple[int, str, str, int, str, str]]:
+    return (
+        select(
+            Binding.account_id,
+            Account.name,
+            Role.name,
+            Binding.id,
+            Group.id,
+            Group.display_name,
+        )
+        .join(Role, Role.id == Binding.role_id)
+        .join(Account, Account.id == Binding.account_id)
+        .join(
+            Group,
+            or_(
+                Group.id == Binding.group_id,
+                and_(Binding.group_id.is_(None), Group.display_name_key == Binding.group_name_key),
+            ),
+        )
+        .join(GroupMember, GroupMember.group_id == Group.id)
+        .where(
+            Account.deleted_at.is_(None),
+            or_(Binding.ends_at.is_(None), Binding.ends_at > now),
+        )
+    )
+
+
+async def user_grants(
+    session: AsyncSession, user_id: str, *, now: datetime | None = None
+) -> list[Grant]:
+    """Every (account, role) an active user holds through group bindings; [] if inactive."""
+    active = await session.scalar(select(User.active).where(User.id == user_id))
+    if not active:
+        return []
+    rows = await session.execute(
+        _grants_query(now or utcnow())
+        .where(GroupMember.user_id == user_id)
+        .order_by(Account.name, Role.name, Binding.id)
+    )
+    return [Grant(*row) for row in rows]
+
+
+def role_sets(grants: list[Grant]) -> dict[int, frozenset[str]]:
+    """account id → the set of role names the user holds there."""
+    sets: dict[int, set[str]] = defaultdict(set)
+    for grant in grants:
+        sets[grant.account_id].add(grant.role)
+    return {account: frozenset(roles) for account, roles in sets.items()}
+
+
+async def members_reaching(
+    session: AsyncSession, account_id: int, user_ids: list[str], *, now: datetime | None = None
+) -> set[str]:
+    """Which of ``user_ids`` still reach ``account_id`` through any binding (any group).
+
+    The deprovisioning path asks this after a change: a user who lost one group but still
+    reaches the account through another must keep access.
+    """
+    if not user_ids:
+        return set()
+    rows = await session.scalars(
+        _grants_query(now or utcnow())
+        .with_only_columns(GroupMember.user_id)
+        .join(User, User.id == GroupMember.user_id)
+        .where(
+            Binding.account_id == account_id,
+            User.active.is_(True),
+            GroupMember.user_id.in_(user_ids),
+        )
+        .distinct()
+    )
+    return set(rows)

@@ -7,14 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from resolver import health
+from resolver import admin, health, jobs, push, scim
 from resolver.accounts import views as account_views
 from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
 from resolver.config import Settings
 from resolver.db.engine import create_engine, create_sessionmaker
 from resolver.db.migrate import head_revision
-from resolver.http.errors import error_middleware
-from resolver.http.middlewares import request_id_middleware
+from resolver.http.middlewares import request_middleware
 from resolver.sealing import Sealer, load_master_key
 
 
@@ -31,7 +30,7 @@ def create_app(
 ) -> web.Application:
     """Build the application; ``overrides`` replaces registrations (tests, benchmarks)."""
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware],
+        middlewares=[request_middleware],
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -45,4 +44,8 @@ def create_app(
 
     health.setup(app)
     account_views.setup(app)
+    push.setup(app)
+    admin.setup(app)
+    jobs.setup(app)
+    scim.setup(app)
     return app

@@ -5,8 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from resolver.accounts.cache import AccountJWTCache
 from resolver.config import Settings
 from resolver.push.wake import PushWaker
+from resolver.scim.events import EventHooks
 from resolver.sealing import Sealer
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,3 +19,7 @@ SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 SCHEMA_HEAD = web.AppKey("schema_head", str)
 #: Wakes the pusher after a commit that wrote outbox rows (a no-op when NATS is disabled).
 PUSHER = web.AppKey("pusher", PushWaker)
+#: Consumers of SCIM domain events (membership diffs, deactivations, deletions).
+SCIM_EVENTS = web.AppKey("scim_events", EventHooks)
+#: Served account JWTs in memory, invalidated on every change (see resolver.accounts.cache).
+JWT_CACHE = web.AppKey("jwt_cache", AccountJWTCache)

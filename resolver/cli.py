@@ -210,6 +210,162 @@ def token_revoke(config: Path | None, name: str) -> None:
     click.echo(f"revoked {name}")
 
 
+def cli_actor() -> Any:
+    """Who acts for audit purposes when an admin runs a command on the server's machine."""
+    from resolver.audit.service import Actor
+
+    return Actor("admin", source="cli")
+
+
+def sealer_of(settings: Settings) -> Any:
+    from resolver.sealing import Sealer, load_master_key
+
+    return Sealer(load_master_key(settings.master_key_path))
+
+
+def load_spec_file(path: Path) -> Any:
+    """An account spec from a JSON or YAML file (YAML is a superset of JSON)."""
+    import yaml
+
+    from resolver.errors import ValidationError
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValidationError(f"cannot read spec file {path}: {exc}") from None
+
+
+@cli.group()
+def account() -> None:
+    """NATS accounts whose keys this service holds."""
+
+
+@account.command("create")
+@config_option
+@click.argument("name")
+@click.option(
+    "--spec",
+    "spec_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="JSON or YAML file: limits (-1 unlimited, the default), tags, exports, imports, "
+    "description.",
+)
+def account_create(config: Path | None, name: str, spec_file: Path | None) -> None:
+    """Create account NAME: new keys (sealed), a signed JWT, and a push to NATS."""
+    from resolver.accounts.service import create_account
+
+    settings = settings_from(config)
+    spec = load_spec_file(spec_file) if spec_file is not None else None
+    sealer = sealer_of(settings)
+
+    async def go() -> str:
+        async with cli_session(settings) as session, session.begin():
+            created = await create_account(
+                session, sealer, settings, name=name, spec=spec, actor=cli_actor()
+            )
+            return created.public_key
+
+    click.echo(f"created account {name} {run(go())}")
+
+
+@account.command("list")
+@config_option
+def account_list(config: Path | None) -> None:
+    """List accounts: name, public key, where it is managed, JWT expiry."""
+    from datetime import UTC, datetime
+
+    from resolver.accounts.service import is_managed_here, list_accounts
+
+    settings = settings_from(config)
+
+    async def go() -> None:
+        async with cli_session(settings) as session:
+            for row in await list_accounts(session):
+                where = "here" if is_managed_here(row) else "nsc"
+                expires = (
+                    datetime.fromtimestamp(row.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    if row.expires_at
+                    else "never"
+                )
+                click.echo(f"{row.name}\t{row.public_key}\t{where}\t{expires}")
+
+    run(go())
+
+
+def _default_creds_path(name: str) -> Path:
+    import re
+
+    return Path(f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.creds")
+
+
+@cli.command("user-creds")
+@config_option
+@click.option("--account", "account_ref", required=True, help="Account name or public key.")
+@click.option("--name", required=True, help="Workload name (written into the user JWT).")
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime: 3600, 30m, 1h, 7d...")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Creds file to write (mode 0600). Default: ./<name>.creds",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def user_creds(
+    config: Path | None, account_ref: str, name: str, ttl: str, out: Path | None, force: bool
+) -> None:
+    """Write a .creds file for a workload; its key and expiry are recorded for revocation."""
+    from resolver.accounts.service import get_account, issue_workload_creds
+    from resolver.bootstrap import write_private
+    from resolver.durations import parse_duration
+    from resolver.errors import ConflictError
+
+    settings = settings_from(config)
+    ttl_seconds = parse_duration(ttl)
+    path = out or _default_creds_path(name)
+    if path.exists() and not force:
+        raise ConflictError(f"{path} exists; pass --force to overwrite it")
+    sealer = sealer_of(settings)
+
+    async def go() -> tuple[str, str, int | None]:
+        async with cli_session(settings) as session, session.begin():
+            target = await get_account(session, account_ref)
+            creds, issued = await issue_workload_creds(
+                session, sealer, target, name=name, ttl_seconds=ttl_seconds, actor=cli_actor()
+            )
+            # Written inside the transaction: if the file cannot be written, nothing is
+            # recorded as issued.
+            write_private(path, creds)
+            return issued.public_key, target.name, issued.expires_at
+
+    user_key, account_name, expires_at = run(go())
+    click.echo(f"wrote {path} (account {account_name}, user {user_key}, expires {expires_at})")
+
+
+@cli.command("revoke")
+@config_option
+@click.option("--account", "account_ref", required=True, help="Account name or public key.")
+@click.option("--user-key", required=True, help="User public key (U...), or '*' for all users.")
+@click.option("--reason", default=None, help="Why (kept in the audit log).")
+def revoke(config: Path | None, account_ref: str, user_key: str, reason: str | None) -> None:
+    """Revoke a user key: re-sign the account JWT with the revocation and push it."""
+    from resolver.accounts.service import get_account, revoke_user_key
+
+    settings = settings_from(config)
+    sealer = sealer_of(settings)
+
+    async def go() -> tuple[str, int, str | None]:
+        async with cli_session(settings) as session, session.begin():
+            target = await get_account(session, account_ref)
+            at = await revoke_user_key(
+                session, sealer, settings, target, user_key, actor=cli_actor(), reason=reason
+            )
+            return target.name, at, target.jti
+
+    account_name, at, jti = run(go())
+    click.echo(f"revoked {user_key} in {account_name} at {at} (account JWT {jti})")
+
+
 @cli.command("nats-config")
 @config_option
 @click.option("--monitor-port", type=int, default=None, help="Also enable the HTTP monitor.")

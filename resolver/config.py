@@ -62,6 +62,8 @@ class NatsSettings:
 class AccountSettings:
     #: Lifetime of every account JWT; a server that missed a push heals when it expires.
     jwt_ttl_seconds: int = 86_400
+    #: How often the job looks for account JWTs close to expiry (and re-signs them).
+    resign_check_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,10 @@ _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "push_timeout": _as_float,
         "enabled": _as_bool,
     },
-    "accounts": {"jwt_ttl_seconds": _as_int(300, 366 * 86_400)},
+    "accounts": {
+        "jwt_ttl_seconds": _as_int(300, 366 * 86_400),
+        "resign_check_seconds": _as_int(10, 86_400),
+    },
     "log": {
         "level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "format": _choice("text", "json"),

@@ -1,4 +1,4 @@
-"""scim tables and columns (filled in by the scim work; empty until then)
+"""scim: group members keep the ``display`` the IdP sent
 
 Revision ID: 0004
 Revises: 0003
@@ -7,6 +7,9 @@ Create Date: 2026-11-22
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -14,8 +17,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table("group_members", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("display", sa.String(length=256), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("group_members", schema=None) as batch_op:
+        batch_op.drop_column("display")

@@ -111,18 +111,40 @@ async def build_account_claims(
     )
 
 
+def next_iat(account: Account, now: int) -> int:
+    """``iat`` for a new JWT of ``account``: ``now``, but always later than the stored one.
+
+    ``jti`` hashes only the standard fields (``exp``, ``iat``, ``iss``, ``name``, ``sub``),
+    so two JWTs signed in the same second would share a jti although their revocations
+    differ, and ``ETag: "<jti>"`` would then answer 304 for a changed account. A strictly
+    increasing ``iat`` also makes "newer" well defined for uploads. nats-server does not
+    check ``iat``, so running a second ahead under a burst of changes is harmless.
+    """
+    return max(now, (account.issued_at or 0) + 1)
+
+
 async def sign_account(
-    session: AsyncSession, sealer: Sealer, account: Account, *, ttl_seconds: int
+    session: AsyncSession,
+    sealer: Sealer,
+    account: Account,
+    *,
+    ttl_seconds: int,
+    now: int | None = None,
 ) -> str:
     """Sign ``account``'s current claims and store JWT, jti, iat and exp on the row."""
     operator = await session.get_one(Operator, account.operator_id)
     signer = await active_signing_key(session, operator)
-    now = int(time.time())
+    now = int(time.time()) if now is None else now
     claims = await build_account_claims(session, account, ttl_seconds=ttl_seconds, now=now)
-    token = encode(claims, sealer.open(signer.seed_sealed), iat=now)
-    decoded = decode(token)
-    account.jwt = token
+    token = encode(claims, sealer.open(signer.seed_sealed), iat=next_iat(account, now))
+    store_account_jwt(account, token)
+    return token
+
+
+def store_account_jwt(account: Account, token: str) -> None:
+    """Put a verified account JWT and its jti/iat/exp on the row."""
+    decoded = decode(token, expected_type="account")
+    account.jwt = decoded.token
     account.jti = decoded.jti
     account.issued_at = decoded.iat
     account.expires_at = decoded.exp
-    return token

@@ -189,6 +189,8 @@ class GroupMember(Base):
     user_id: Mapped[str] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
+    #: The member's ``display`` as the IdP sent it (Okta does), echoed back as given.
+    display: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -220,6 +222,8 @@ class Binding(Base):
         ForeignKey("groups.id", ondelete="CASCADE"), index=True
     )
     group_name_key: Mapped[str | None] = mapped_column(String(256), index=True)
+    #: The displayName as the operator wrote it (``group_name_key`` is its case-folded form).
+    group_name: Mapped[str | None] = mapped_column(String(256))
     claim_name: Mapped[str | None] = mapped_column(String(200))
     claim_value: Mapped[str | None] = mapped_column(String(512))
     ends_at: Mapped[datetime | None] = mapped_column(index=True)

@@ -8,6 +8,7 @@ from resolver.appkeys import SESSIONMAKER
 from resolver.audit.service import Actor
 from resolver.auth.tokens import TokenInfo, verify_token
 from resolver.errors import AuthenticationError, PermissionDeniedError
+from resolver.http.requestid import request_id
 
 TOKEN_KEY = web.RequestKey("token", TokenInfo)
 
@@ -37,8 +38,6 @@ async def authenticate(request: web.Request, scope: str) -> TokenInfo:
 
 def actor_of(request: web.Request) -> Actor:
     """The audit actor of an authenticated request: the token's name, request id, address."""
-    from resolver.http.middlewares import request_id
-
     token = request.get(TOKEN_KEY)
     return Actor(
         name=token.name if token is not None else "anonymous",

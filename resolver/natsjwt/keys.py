@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 from typing import Final
@@ -132,7 +133,16 @@ def public_key_of(seed: bytes | str) -> str:
 
 def public_key_kind(value: object) -> str | None:
     """Return the kind of a valid public key (prefix and CRC16 checked), else ``None``."""
-    if not isinstance(value, str) or not _PUBLIC_KEY_RE.fullmatch(value):
+    if not isinstance(value, str):
+        return None
+    return _checked_kind(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_kind(value: str) -> str | None:
+    # Cached: nats-server asks for the same few account keys over and over, and the base32
+    # decode plus CRC costs about as much as the rest of serving a cached JWT.
+    if not _PUBLIC_KEY_RE.fullmatch(value):
         return None
     raw = base64.b32decode(value)
     if _crc16_bytes(raw[:33]) != raw[33:]:

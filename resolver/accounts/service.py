@@ -1,0 +1,364 @@
+"""Accounts: create, re-sign, issue workload creds, revoke. The caller owns the transaction.
+
+Every function here runs inside the caller's session and never commits. A function that
+stores a new account JWT also writes its push outbox row and notes the change for the JWT
+caches (``changes.note_jwt_changed``), so after the caller's commit the new JWT is served,
+announced to other replicas and pushed, in that order.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from resolver.accounts.changes import note_jwt_changed
+from resolver.accounts.operator import get_operator
+from resolver.accounts.signing import (
+    active_signing_key,
+    add_plain_signing_key,
+    build_account_claims,
+    next_iat,
+    plain_signing_key,
+    store_account_jwt,
+)
+from resolver.accounts.specs import validate_spec
+from resolver.audit.service import Actor, record
+from resolver.config import Settings
+from resolver.db.models import Account, IssuedUserKey, Operator, Revocation
+from resolver.errors import ConflictError, NotFoundError, ValidationError
+from resolver.natsjwt import (
+    JWTError,
+    decode,
+    encode,
+    format_creds,
+    is_public_key,
+    new_keypair,
+    prepare_claims,
+    user_claims,
+)
+from resolver.push.outbox import enqueue_push
+from resolver.sealing import Sealer
+
+#: Claims that change on every signature; equal claims apart from these mean "no change".
+VOLATILE_CLAIMS = frozenset({"iat", "jti", "exp"})
+#: Account names: what admins type on the command line. Never shaped like a public key.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,199}$")
+_WORKLOAD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@:/-]{0,255}$")
+MIN_CREDS_TTL = 60
+MAX_CREDS_TTL = 366 * 86_400
+ONE_HOUR = 3_600
+
+
+def resign_window(ttl_seconds: int) -> int:
+    """How long before ``exp`` an account JWT is renewed: max(1 h, ttl/4), at most ttl/2.
+
+    The cap keeps a just-signed JWT outside the window when the TTL is short, so a re-sign
+    of unchanged claims stays a no-op instead of producing a new JWT on every call.
+    """
+    return min(max(ONE_HOUR, ttl_seconds // 4), ttl_seconds // 2)
+
+
+def is_due_for_resign(account: Account, *, ttl_seconds: int, now: int) -> bool:
+    """Whether ``account``'s JWT is missing or expires within the re-sign window."""
+    if account.jwt is None or account.expires_at is None:
+        return True
+    return account.expires_at - now <= resign_window(ttl_seconds)
+
+
+def is_managed_here(account: Account) -> bool:
+    """Whether this service holds the account's keys (else it was uploaded by ``nsc push``)."""
+    return account.seed_sealed is not None
+
+
+def _now(now: int | None) -> int:
+    return int(time.time()) if now is None else int(now)
+
+
+async def lock_account(session: AsyncSession, account: Account) -> None:
+    """Hold ``account``'s row until commit and reload its stored JWT fields.
+
+    Two transactions re-signing one account at once (two revocations, say) would otherwise
+    both build claims from what each saw before the other committed: the later commit
+    would drop the earlier one's revocation from the served JWT, and both would get the
+    same iat and jti. A no-op UPDATE takes the row lock on PostgreSQL and the write lock
+    on SQLite (where reads before a transaction's first write see no lock at all); what
+    is read after it, revocations included, is current.
+    """
+    await session.execute(
+        update(Account)
+        .where(Account.id == account.id)
+        # Setting updated_at to itself also keeps its onupdate from firing.
+        .values(updated_at=Account.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    row = (
+        await session.execute(
+            select(Account.jwt, Account.jti, Account.issued_at, Account.expires_at).where(
+                Account.id == account.id
+            )
+        )
+    ).one()
+    for name in ("jwt", "jti", "issued_at", "expires_at"):
+        # Not a change of ours: refresh the loaded values without marking the row dirty.
+        set_committed_value(account, name, getattr(row, name))
+
+
+async def get_account(session: AsyncSession, ref: str) -> Account:
+    """The live account named ``ref`` or with public key ``ref``; ``NotFoundError`` if none."""
+    column = Account.public_key if is_public_key(ref, "account") else Account.name
+    account = await session.scalar(
+        select(Account).where(column == ref, Account.deleted_at.is_(None))
+    )
+    if account is None:
+        raise NotFoundError(f"no account {ref!r}")
+    return account
+
+
+async def list_accounts(session: AsyncSession) -> list[Account]:
+    """Every live account, by name."""
+    rows = await session.scalars(
+        select(Account).where(Account.deleted_at.is_(None)).order_by(Account.name)
+    )
+    return list(rows)
+
+
+async def create_account(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    *,
+    name: str,
+    spec: dict[str, Any] | None = None,
+    actor: Actor,
+    now: int | None = None,
+) -> Account:
+    """A new account: its key (sealed), a plain signing key, a signed JWT and a push.
+
+    ``spec`` holds ``limits`` (account limit names; every limit left out is unlimited, -1),
+    ``tags``, ``exports``, ``imports`` and ``description``. Raises ``ValidationError`` for
+    a bad name or spec and ``ConflictError`` when the name is taken.
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValidationError(
+            "account name must be 1-200 characters: letters, digits, spaces or ._@-, "
+            "starting with a letter or digit"
+        )
+    if is_public_key(name, "account"):
+        raise ValidationError("an account name cannot look like an account public key")
+    clean_spec = validate_spec(spec)
+    if await session.scalar(select(Account.id).where(Account.name == name)) is not None:
+        raise ConflictError(f"an account named {name!r} already exists")
+    operator = await get_operator(session)
+    public_key, seed = new_keypair("account")
+    account = Account(
+        operator_id=operator.id,
+        name=name,
+        public_key=public_key,
+        seed_sealed=sealer.seal(seed),
+        is_system=False,
+        spec=clean_spec,
+    )
+    session.add(account)
+    try:
+        await session.flush()
+    except IntegrityError:
+        # Lost a race with a create of the same name (the check above passed for both).
+        raise ConflictError(f"an account named {name!r} already exists") from None
+    signing_key = await add_plain_signing_key(session, sealer, account)
+    await resign_account(session, sealer, settings, account, force=True, now=now)
+    record(
+        session,
+        actor,
+        "account.create",
+        target=public_key,
+        details={"name": name, "spec": clean_spec, "signing_key": signing_key.public_key},
+    )
+    return account
+
+
+async def resign_account(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    account: Account,
+    *,
+    force: bool = False,
+    now: int | None = None,
+) -> bool:
+    """Re-sign ``account`` from what is stored; True when a new JWT was stored and queued.
+
+    A no-op (False) when the claims equal the stored JWT's apart from iat/jti/exp, unless
+    ``force`` or the stored JWT is within the re-sign window of its ``exp``. Accounts
+    managed elsewhere (uploaded with ``nsc push``) are never re-signed here: their claims
+    are not ours to rebuild.
+    """
+    if not is_managed_here(account):
+        return False
+    await lock_account(session, account)
+    when = _now(now)
+    ttl = settings.accounts.jwt_ttl_seconds
+    operator = await session.get_one(Operator, account.operator_id)
+    signer = await active_signing_key(session, operator)
+    try:
+        claims = await build_account_claims(session, account, ttl_seconds=ttl, now=when)
+    except JWTError as exc:
+        raise ValidationError(f"account {account.name!r} cannot be signed: {exc}") from None
+    due = force or is_due_for_resign(account, ttl_seconds=ttl, now=when)
+    if not due and _same_claims(account.jwt, claims, issuer=signer.public_key, iat=when):
+        return False
+    token = encode(claims, sealer.open(signer.seed_sealed), iat=next_iat(account, when))
+    await _store_and_push(session, account, token)
+    return True
+
+
+def _same_claims(stored: str | None, claims: dict[str, Any], *, issuer: str, iat: int) -> bool:
+    if stored is None:
+        return False
+    try:
+        old = decode(stored, expected_type="account").claims
+    except JWTError:
+        return False  # an unreadable stored JWT is replaced, never kept
+    new = prepare_claims(claims, issuer=issuer, iat=iat)
+    return _stable(old) == _stable(new)
+
+
+def _stable(claims: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in claims.items() if key not in VOLATILE_CLAIMS}
+
+
+async def _store_and_push(session: AsyncSession, account: Account, token: str) -> None:
+    store_account_jwt(account, token)
+    enqueue_push(session, account.public_key, account.jwt or token, account.jti or "")
+    await note_jwt_changed(session, account.public_key)
+
+
+async def issue_workload_creds(
+    session: AsyncSession,
+    sealer: Sealer,
+    account: Account,
+    *,
+    name: str,
+    ttl_seconds: int,
+    actor: Actor,
+    now: int | None = None,
+) -> tuple[str, IssuedUserKey]:
+    """Creds (JWT + a new user seed) for a workload of ``account``, valid ``ttl_seconds``.
+
+    The user is signed by the account's plain signing key with ``issuer_account`` set (the
+    operator's strict signing key usage requires it) and always carries ``iat`` (a user
+    without one counts as revoked). The key and its expiry are recorded so it can be
+    revoked. The returned text holds a seed: write it to a private file, never log it.
+    """
+    if not is_managed_here(account):
+        raise ConflictError(
+            f"account {account.name!r} is managed elsewhere (nsc): issue its users there"
+        )
+    if not isinstance(name, str) or not _WORKLOAD_RE.match(name):
+        raise ValidationError(
+            "workload name must be 1-256 characters: letters, digits, spaces or ._@:/-"
+        )
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise ValidationError("ttl must be a whole number of seconds")
+    if not MIN_CREDS_TTL <= ttl_seconds <= MAX_CREDS_TTL:
+        raise ValidationError(
+            f"ttl must be between {MIN_CREDS_TTL} seconds and {MAX_CREDS_TTL // 86_400} days"
+        )
+    when = _now(now)
+    signer = await plain_signing_key(session, account)
+    user_public, user_seed = new_keypair("user")
+    claims = user_claims(
+        name, user_public, issuer_account=account.public_key, exp=when + ttl_seconds
+    )
+    token = encode(claims, sealer.open(signer.seed_sealed), iat=when)
+    decoded = decode(token, expected_type="user")
+    issued = IssuedUserKey(
+        public_key=user_public,
+        account_id=account.id,
+        user_id=None,
+        name=name,
+        signing_key=signer.public_key,
+        jti=decoded.jti,
+        issued_at=decoded.iat,
+        expires_at=decoded.exp,
+    )
+    session.add(issued)
+    await session.flush()
+    record(
+        session,
+        actor,
+        "account.user.issue",
+        target=account.public_key,
+        details={"user_key": user_public, "name": name, "expires_at": decoded.exp},
+    )
+    return format_creds(token, user_seed), issued
+
+
+async def revoke_user_key(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    account: Account,
+    user_key: str,
+    *,
+    actor: Actor,
+    at: int | None = None,
+    reason: str | None = None,
+) -> int:
+    """Revoke ``user_key`` (or ``*``: every user) in ``account``: re-sign and queue a push.
+
+    nats-server refuses a user JWT when ``revocations[key] >= user.iat``, so the entry is
+    the current unix second (or ``at``): every JWT of that key issued up to now is dead.
+    An existing entry is never moved back in time, which would revive JWTs it covered.
+    Returns the entry's time.
+    """
+    if not is_managed_here(account):
+        raise ConflictError(
+            f"account {account.name!r} is managed elsewhere (nsc): revoke its users there"
+        )
+    if user_key != "*" and not is_public_key(user_key, "user"):
+        raise ValidationError("user_key must be a user public key (U...) or '*'")
+    when = _now(at)
+    # Locked first: a concurrent revocation of the same key then finds this one's row
+    # instead of inserting a duplicate.
+    await lock_account(session, account)
+    row = await session.scalar(
+        select(Revocation).where(
+            Revocation.account_id == account.id, Revocation.public_key == user_key
+        )
+    )
+    if row is None:
+        row = Revocation(account_id=account.id, public_key=user_key, revoked_at=when, reason=reason)
+        session.add(row)
+    else:
+        row.revoked_at = max(row.revoked_at, when)
+        row.reason = reason or row.reason
+    marked = IssuedUserKey.account_id == account.id
+    if user_key != "*":
+        marked = marked & (IssuedUserKey.public_key == user_key)
+    else:
+        marked = marked & (IssuedUserKey.issued_at <= when)
+    for issued in await session.scalars(
+        select(IssuedUserKey).where(marked, IssuedUserKey.revoked_at.is_(None))
+    ):
+        issued.revoked_at = when
+    await session.flush()
+    await resign_account(session, sealer, settings, account, force=True)
+    record(
+        session,
+        actor,
+        "account.revoke",
+        target=account.public_key,
+        details={
+            "user_key": user_key,
+            "revoked_at": row.revoked_at,
+            "reason": reason,
+            "jti": account.jti,
+        },
+    )
+    return row.revoked_at

@@ -1,0 +1,12 @@
+"""Periodic jobs (APScheduler): the scheduler lives in ``scheduler``, each job in its module."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from resolver.jobs import resign, scheduler
+
+
+def setup(app: web.Application) -> None:
+    scheduler.setup(app)
+    resign.setup(app)

@@ -1,0 +1,258 @@
+"""The one long-lived NATS connection of the process, as a user of the system account.
+
+nats-server only accepts claim updates from system-account users (DESIGN.md §2). The
+connection is opened in a background task and reconnects forever, so a NATS outage never
+blocks start-up: outbox rows simply stay pending until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
+
+from resolver.config import NatsSettings
+from resolver.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Servers on the URL and memory resolvers listen here (request/reply) ...
+ACCOUNT_UPDATE_SUBJECT = "$SYS.REQ.ACCOUNT.{account}.CLAIMS.UPDATE"
+#: ... full and cache nats resolvers also answer here. Publishing on both reaches every kind.
+CLAIMS_UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
+#: Seconds between reconnect attempts to one server (nats-py's default is 2).
+RECONNECT_WAIT = 1
+
+
+class PushUnavailableError(Exception):
+    """The push could not be sent (no connection, or it broke while sending)."""
+
+
+class PushRejectedError(Exception):
+    """The push can never be sent as it is (bigger than the servers' ``max_payload``)."""
+
+
+@dataclass(frozen=True)
+class ServerReply:
+    """One server's answer to one claims update."""
+
+    server: str
+    server_id: str
+    subject: str
+    code: int
+    message: str
+
+    @property
+    def result(self) -> str:
+        """``updated``, ``skipped`` or ``error``: what the answer means for the account."""
+        if self.code != 200:
+            return "error"
+        return "skipped" if "skipped" in self.message else "updated"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "id": self.server_id,
+            "subject": self.subject,
+            "code": self.code,
+            "result": self.result,
+            "message": self.message,
+        }
+
+
+def parse_reply(subject: str, data: bytes) -> ServerReply | None:
+    """A server's reply (``{"server":..,"data":..}`` or ``{"server":..,"error":..}``); None
+    for anything else, such as the no-responders status of a subject nobody answers."""
+    if not data:
+        return None
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("server"), dict):
+        return None
+    server = body["server"]
+    outcome = body.get("error") if isinstance(body.get("error"), dict) else body.get("data")
+    if not isinstance(outcome, dict):
+        return None
+    failed = "error" in body
+    code = outcome.get("code")
+    text = outcome.get("description") if failed else outcome.get("message")
+    return ServerReply(
+        server=str(server.get("name") or server.get("id") or "?"),
+        server_id=str(server.get("id") or ""),
+        subject=subject,
+        code=int(code) if isinstance(code, int) else (500 if failed else 200),
+        message=str(text or ""),
+    )
+
+
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """A client TLS context from ``nats.tls_*``; None lets nats-py use its defaults."""
+    if settings.tls_ca is None and settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(settings.tls_ca) if settings.tls_ca else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+class SystemConnection:
+    """nats-py client connected as the system user; ``push_claims`` sends one update."""
+
+    def __init__(
+        self,
+        settings: NatsSettings,
+        creds_path: Path,
+        *,
+        on_connected: Callable[[], None] | None = None,
+        name: str = "nats-iam-resolver",
+    ) -> None:
+        self._settings = settings
+        self._creds_path = creds_path
+        self._on_connected = on_connected
+        self._name = name
+        try:
+            # Built now, so a bad certificate path stops start-up instead of every connect.
+            self._tls = tls_context(settings)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("nats.tls_ca", f"cannot load TLS files: {exc}") from None
+        self._client: Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Log a failure once per outage, not once per reconnect attempt.
+        self._failing = False
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
+    @property
+    def server_url(self) -> str | None:
+        if self._client is None or not self._client.is_connected:
+            return None
+        url = self._client.connected_url
+        return url.geturl() if url is not None else None
+
+    def start(self) -> None:
+        """Connect in the background; returns at once (start-up never waits for NATS)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect(), name="nats-system-connection")
+
+    async def _connect(self) -> None:
+        if not self._creds_path.exists():
+            # nats-py would retry forever with a bare "file not found"; say what is missing.
+            log.error(
+                "NATS system user creds not found at %s: pushes stay queued", self._creds_path
+            )
+        client = Client()
+        self._client = client
+        try:
+            await self._connect_forever(client)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Only a bug lands here (nats-py retries every connect failure itself); rows
+            # stay pending and the admin view shows NATS as not connected.
+            log.exception("NATS connection task failed")
+            return
+        self._failing = False
+        log.info("connected to NATS at %s as the system user", self.server_url)
+        self._notify_connected()
+
+    async def _connect_forever(self, client: Client) -> None:
+        await client.connect(
+            servers=list(self._settings.servers),
+            name=self._name,
+            user_credentials=str(self._creds_path),
+            tls=self._tls,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT,
+            connect_timeout=2,
+            error_cb=self._error,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
+
+    def _notify_connected(self) -> None:
+        if self._on_connected is not None:
+            self._on_connected()
+
+    async def _error(self, exc: Exception) -> None:
+        # nats-py errors carry no secrets (the creds file is read, never echoed).
+        if not self._failing:
+            log.warning("NATS connection problem: %s", exc or type(exc).__name__)
+        self._failing = True
+
+    async def _disconnected(self) -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def _reconnected(self) -> None:
+        self._failing = False
+        log.info("reconnected to NATS at %s", self.server_url)
+        self._notify_connected()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+
+    async def push_claims(self, account_key: str, jwt: str, gather_for: float) -> list[ServerReply]:
+        """Send ``jwt`` on both update subjects; every reply that arrives within ``gather_for`` s.
+
+        ``nc.request`` returns only the first reply, but every server answers, so the
+        request is a publish with a private inbox that collects until the deadline.
+        """
+        client = self._client
+        if client is None or not client.is_connected:
+            # Never hand a push to nats-py's reconnect buffer: it would be sent later,
+            # outside the outbox's ordering, and we could not tell whether it arrived.
+            raise PushUnavailableError("not connected to NATS")
+        inbox = client.new_inbox()
+        subjects = {
+            f"{inbox}.a": ACCOUNT_UPDATE_SUBJECT.format(account=account_key),
+            f"{inbox}.c": CLAIMS_UPDATE_SUBJECT,
+        }
+        replies: list[ServerReply] = []
+
+        async def collect(msg: Msg) -> None:
+            reply = parse_reply(subjects.get(msg.subject, msg.subject), msg.data)
+            if reply is not None:
+                replies.append(reply)
+
+        payload = jwt.encode("ascii")
+        try:
+            sub = await client.subscribe(f"{inbox}.*", cb=collect)
+            try:
+                for reply_to, subject in subjects.items():
+                    await client.publish(subject, payload, reply=reply_to)
+                await client.flush(timeout=max(1, int(gather_for + 0.999)))
+                await asyncio.sleep(gather_for)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        except MaxPayloadError:
+            raise PushRejectedError(
+                f"the JWT ({len(payload)} bytes) exceeds the server's max_payload"
+            ) from None
+        except (NatsError, OSError, TimeoutError) as exc:
+            raise PushUnavailableError(f"sending failed: {type(exc).__name__}") from None
+        return replies

@@ -1,0 +1,91 @@
+"""Domain events of the SCIM surface and the hooks that consume them.
+
+Services emit events inside the caller's transaction; every hook runs in that same
+transaction (it gets the session), so whatever a hook writes (audit rows today, revocations
+and outbox rows once the policy work lands) commits or rolls back with the SCIM change.
+No aiohttp here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolver.audit.service import Actor, record
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChanged:
+    """Members really added to / removed from a group (ids that changed nothing are left out)."""
+
+    group_id: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UserDeactivated:
+    """``active`` went from true to false (Entra's and Okta's way to deprovision)."""
+
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserDeleted:
+    """Emitted before the row goes, so a hook can still read it; ``group_ids``: its groups."""
+
+    user_id: str
+    group_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDeleted:
+    """Emitted before the row goes, so a hook can still read the group's members."""
+
+    group_id: str
+
+
+ScimEvent = MembershipChanged | UserDeactivated | UserDeleted | GroupDeleted
+EventHook = Callable[[AsyncSession, Actor, ScimEvent], Awaitable[None]]
+
+
+class EventHooks:
+    """The registry services dispatch to; hooks run in registration order."""
+
+    def __init__(self, hooks: list[EventHook] | None = None) -> None:
+        self._hooks: list[EventHook] = list(hooks or [])
+
+    def subscribe(self, hook: EventHook) -> EventHook:
+        """Add a hook (usable as a decorator)."""
+        self._hooks.append(hook)
+        return hook
+
+    async def dispatch(self, session: AsyncSession, actor: Actor, event: ScimEvent) -> None:
+        """Run every hook in the caller's transaction; a hook's error aborts the change."""
+        for hook in self._hooks:
+            await hook(session, actor, event)
+
+
+async def audit_hook(session: AsyncSession, actor: Actor, event: ScimEvent) -> None:
+    """The default hook: one audit row per event, under the SCIM token's name and request id."""
+    if isinstance(event, MembershipChanged):
+        if event.added or event.removed:
+            record(
+                session,
+                actor,
+                "scim.group.members",
+                event.group_id,
+                {"added": list(event.added), "removed": list(event.removed)},
+            )
+    elif isinstance(event, UserDeactivated):
+        record(session, actor, "scim.user.deactivate", event.user_id)
+    elif isinstance(event, UserDeleted):
+        record(session, actor, "scim.user.delete", event.user_id, {"groups": list(event.group_ids)})
+    elif isinstance(event, GroupDeleted):
+        record(session, actor, "scim.group.delete", event.group_id)
+
+
+def default_hooks() -> EventHooks:
+    return EventHooks([audit_hook])

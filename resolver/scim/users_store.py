@@ -1,0 +1,157 @@
+"""Users in SQL. Never commits: the handler owns the transaction."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolver.audit.service import Actor, record
+from resolver.db.models import Group, GroupMember, User, new_uuid, utcnow
+from resolver.scim.attributes import user_attributes
+from resolver.scim.errors import InvalidPathError, ScimNotFoundError, UniquenessError
+from resolver.scim.events import EventHooks, UserDeactivated, UserDeleted
+from resolver.scim.filters import Node, to_sql
+from resolver.scim.patch import apply_operations, normalize_patch
+from resolver.scim.render import Locations
+from resolver.scim.resources import user_columns, validate_user
+from resolver.scim.storage import Page, check_if_match, count_and_page, dialect_of
+
+#: Ids we hand out are UUIDs; anything else cannot exist (and never reaches the driver).
+ID_RE = re.compile(r"^[A-Za-z0-9-]{1,36}$")
+
+
+@dataclass(frozen=True)
+class ScimWriter:
+    """What every write needs besides the session: who acts, the event hooks, URLs."""
+
+    actor: Actor
+    hooks: EventHooks
+    where: Locations
+
+
+async def flush_unique(session: AsyncSession, what: str) -> None:
+    """Flush, turning a unique-constraint violation (a concurrent twin, say) into 409."""
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise UniquenessError(f"{what} is already taken") from None
+
+
+class UserStore:
+    """SCIM users: create, read, list, replace, patch, delete."""
+
+    def __init__(self, session: AsyncSession, writer: ScimWriter | None = None) -> None:
+        self.session = session
+        self.writer = writer
+
+    def _writer(self) -> ScimWriter:
+        assert self.writer is not None, "writes need a ScimWriter"
+        return self.writer
+
+    async def get(self, user_id: str) -> User:
+        row = await self.session.get(User, user_id) if ID_RE.match(user_id) else None
+        if row is None:
+            raise ScimNotFoundError(f"no user with id {user_id!r}")
+        return row
+
+    async def list(self, node: Node | None, page: Page) -> tuple[int, list[User]]:
+        """Matching users in a stable order (by id), one page of them."""
+        query = select(User)
+        if node is not None:
+            query = query.where(to_sql(node, user_attributes(dialect_of(self.session))))
+        return await count_and_page(self.session, query, User.id, page)
+
+    async def groups_of(self, user_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """(group id, displayName) of each user's groups, in one query."""
+        found: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        if not user_ids:
+            return found
+        rows = await self.session.execute(
+            select(GroupMember.user_id, Group.id, Group.display_name)
+            .join(Group, Group.id == GroupMember.group_id)
+            .where(GroupMember.user_id.in_(list(user_ids)))
+            .order_by(Group.display_name_key)
+        )
+        for user_id, group_id, name in rows:
+            found[user_id].append((group_id, name))
+        return found
+
+    async def create(self, payload: Any) -> User:
+        writer = self._writer()
+        doc = validate_user(payload, replacing=False, user_location=writer.where.user)
+        columns = user_columns(doc)
+        now = utcnow()
+        row = User(id=new_uuid(), resource=doc, version=1, created_at=now, updated_at=now)
+        for key, value in columns.items():
+            setattr(row, key, value)
+        self.session.add(row)
+        # Audited before the flush: one round trip writes both rows (the id is ours already).
+        record(self.session, writer.actor, "scim.user.create", row.id, {"userName": row.user_name})
+        await flush_unique(self.session, f"userName {row.user_name!r}")
+        return row
+
+    async def _lock(self, user_id: str, if_match: list[str] | None) -> User:
+        """Bump the version first: the row (SQLite: the database) is ours until commit."""
+        if not ID_RE.match(user_id):
+            raise ScimNotFoundError(f"no user with id {user_id!r}")
+        result = await self.session.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(version=User.version + 1, updated_at=utcnow())
+            .returning(User)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        row = result.scalar_one_or_none()
+        if row is None:
+            raise ScimNotFoundError(f"no user with id {user_id!r}")
+        check_if_match(if_match, row.version - 1)
+        return row
+
+    async def _store(self, row: User, doc: dict[str, Any], action: str) -> User:
+        writer = self._writer()
+        was_active = row.active
+        for key, value in user_columns(doc).items():
+            setattr(row, key, value)
+        row.resource = doc
+        await flush_unique(self.session, f"userName {row.user_name!r}")
+        record(self.session, writer.actor, action, row.id, {"userName": row.user_name})
+        if was_active and not row.active:
+            await writer.hooks.dispatch(self.session, writer.actor, UserDeactivated(row.id))
+        return row
+
+    async def replace(self, user_id: str, payload: Any, if_match: list[str] | None) -> User:
+        row = await self._lock(user_id, if_match)
+        doc = validate_user(payload, replacing=True, user_location=self._writer().where.user)
+        return await self._store(row, doc, "scim.user.replace")
+
+    async def patch(self, user_id: str, body: Any, if_match: list[str] | None) -> User:
+        row = await self._lock(user_id, if_match)
+        ops = normalize_patch(body, resource_id=row.id)
+        if any(op.attribute.split(".")[0] == "members" for op in ops):
+            raise InvalidPathError("users have no members")
+        # The stored document carries userName, externalId, active... as last written.
+        current = dict(row.resource or {})
+        patched = apply_operations(current, ops, skip=())
+        doc = validate_user(patched, replacing=True, user_location=self._writer().where.user)
+        return await self._store(row, doc, "scim.user.patch")
+
+    async def delete(self, user_id: str, if_match: list[str] | None) -> None:
+        writer = self._writer()
+        row = await self._lock(user_id, if_match)
+        group_ids = tuple(
+            await self.session.scalars(
+                select(GroupMember.group_id).where(GroupMember.user_id == row.id)
+            )
+        )
+        await writer.hooks.dispatch(self.session, writer.actor, UserDeleted(row.id, group_ids))
+        await self.session.execute(
+            delete(User).where(User.id == row.id).execution_options(synchronize_session=False)
+        )
+        self.session.expunge(row)

@@ -1,0 +1,194 @@
+"""``/admin/v1/accounts``: auth scopes, bodies, creation, workload creds, revocations."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from resolver.db.models import Account, IssuedUserKey, Operator
+from resolver.natsjwt import decode, new_keypair, parse_creds
+from tests.accounts.conftest import bearer, outbox_rows
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+async def create(client: TestClient, token: str, **body: object) -> dict:  # type: ignore[type-arg]
+    resp = await client.post("/admin/v1/accounts", json=body, headers=bearer(token))
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def test_scopes(client: TestClient, tokens: dict[str, str]) -> None:
+    resp = await client.get("/admin/v1/accounts")
+    assert resp.status == 401 and (await resp.json())["error"] == "unauthenticated"
+    assert (await client.get("/admin/v1/accounts", headers=bearer(tokens["scim"]))).status == 403
+    assert (
+        await client.get("/admin/v1/accounts", headers=bearer(tokens["admin:read"]))
+    ).status == 200
+    # Read-only tokens cannot write.
+    for path in (
+        "/admin/v1/accounts",
+        "/admin/v1/accounts/SYS/users",
+        "/admin/v1/accounts/SYS/revocations",
+    ):
+        resp = await client.post(path, json={"name": "x"}, headers=bearer(tokens["admin:read"]))
+        assert resp.status == 403, path
+        resp = await client.post(path, json={"name": "x"})
+        assert resp.status == 401, path
+
+
+async def test_create_list_and_show(
+    client: TestClient, tokens: dict[str, str], sessions: Sessions, operator: Operator
+) -> None:
+    body = await create(
+        client, tokens["admin"], name="ACME", spec={"limits": {"conn": 3}, "tags": ["Prod"]}
+    )
+    key = body["public_key"]
+    assert body["name"] == "ACME" and body["managed_here"] is True
+    assert body["spec"] == {"limits": {"conn": 3}, "tags": ["Prod"]}
+    assert "seed" not in str(body).lower()
+    token = decode(await (await client.get(f"/jwt/v1/accounts/{key}")).text())
+    assert token.jti == body["jti"] and token.nats["limits"]["conn"] == 3
+    assert token.nats["tags"] == ["prod"]
+    assert len(await outbox_rows(sessions, key)) == 1
+
+    resp = await client.get("/admin/v1/accounts", headers=bearer(tokens["admin:read"]))
+    names = [a["name"] for a in (await resp.json())["accounts"]]
+    assert names == ["ACME", "SYS"]
+    for ref in ("ACME", key):
+        resp = await client.get(f"/admin/v1/accounts/{ref}", headers=bearer(tokens["admin:read"]))
+        assert resp.status == 200 and (await resp.json())["public_key"] == key
+    resp = await client.get("/admin/v1/accounts/nope", headers=bearer(tokens["admin:read"]))
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+
+    resp = await client.post(
+        "/admin/v1/accounts", json={"name": "ACME"}, headers=bearer(tokens["admin"])
+    )
+    assert resp.status == 409
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "body is required"),
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"name": 5}', "'name'"),
+        (b'{"spec": {}}', "'name'"),
+        (b'{"name": "A", "extra": 1}', "unknown fields"),
+        (b'{"name": "A", "spec": {"limits": {"conn": "lots"}}}', "spec.limits.conn"),
+        (b'{"name": "A", "spec": {"limits": {"nope": 1}}}', "unknown account limit"),
+        (b'{"name": "bad/name"}', "account name"),
+    ],
+)
+async def test_create_refuses_bad_bodies(
+    client: TestClient, tokens: dict[str, str], body: bytes, fragment: str
+) -> None:
+    resp = await client.post(
+        "/admin/v1/accounts",
+        data=body,
+        headers={**bearer(tokens["admin"]), "Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    payload = await resp.json()
+    assert payload["error"] == "invalid_request" and fragment in payload["message"]
+
+
+async def test_workload_creds_and_revocation(
+    client: TestClient, tokens: dict[str, str], sessions: Sessions
+) -> None:
+    account = await create(client, tokens["admin"], name="ACME")
+    before = int(time.time())
+    resp = await client.post(
+        "/admin/v1/accounts/ACME/users",
+        json={"name": "worker-1", "ttl": "1h"},
+        headers=bearer(tokens["admin"]),
+    )
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+    body = await resp.json()
+    user_jwt, _seed = parse_creds(body["creds"])
+    user = decode(user_jwt, expected_type="user")
+    assert user.subject == body["user_key"] and user.issuer_account == account["public_key"]
+    assert body["expires_at"] == user.exp and before + 3_600 <= user.exp <= int(time.time()) + 3_600
+    served = decode(await (await client.get(f"/jwt/v1/accounts/{account['public_key']}")).text())
+    assert user.issuer in served.nats["signing_keys"]
+
+    resp = await client.post(
+        "/admin/v1/accounts/ACME/revocations",
+        json={"user_key": body["user_key"], "reason": "left the team"},
+        headers=bearer(tokens["admin"]),
+    )
+    assert resp.status == 200, await resp.text()
+    revoked = await resp.json()
+    assert revoked["revoked_at"] >= user.iat
+    served = decode(await (await client.get(f"/jwt/v1/accounts/{account['public_key']}")).text())
+    assert served.jti == revoked["jti"]
+    assert served.nats["revocations"] == {body["user_key"]: revoked["revoked_at"]}
+    async with sessions() as session:
+        issued = await session.scalar(
+            select(IssuedUserKey).where(IssuedUserKey.public_key == body["user_key"])
+        )
+    assert issued is not None and issued.revoked_at == revoked["revoked_at"]
+    assert len(await outbox_rows(sessions, account["public_key"])) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("users", {"name": "w"}, 400),
+        ("users", {"name": "w", "ttl": "forever"}, 400),
+        ("users", {"name": "w", "ttl": 5}, 400),
+        ("users", {"ttl": "1h"}, 400),
+        ("revocations", {}, 400),
+        ("revocations", {"user_key": "UBAD"}, 400),
+        ("revocations", {"user_key": "x", "reason": 7}, 400),
+    ],
+)
+async def test_user_and_revocation_bodies_are_checked(
+    client: TestClient,
+    tokens: dict[str, str],
+    path: str,
+    body: dict,
+    status: int,  # type: ignore[type-arg]
+) -> None:
+    await create(client, tokens["admin"], name="ACME")
+    resp = await client.post(
+        f"/admin/v1/accounts/ACME/{path}", json=body, headers=bearer(tokens["admin"])
+    )
+    assert resp.status == status
+    assert (await resp.json())["error"] == "invalid_request"
+
+
+async def test_unknown_account_is_404_and_external_is_409(
+    client: TestClient,
+    tokens: dict[str, str],
+    sessions: Sessions,
+    operator: Operator,
+) -> None:
+    resp = await client.post(
+        "/admin/v1/accounts/nope/users",
+        json={"name": "w", "ttl": 60},
+        headers=bearer(tokens["admin"]),
+    )
+    assert resp.status == 404
+    async with sessions() as session, session.begin():
+        session.add(
+            Account(
+                operator_id=operator.id,
+                name="EXT",
+                public_key=new_keypair("account")[0],
+                seed_sealed=None,
+                spec={},
+            )
+        )
+    resp = await client.post(
+        "/admin/v1/accounts/EXT/revocations",
+        json={"user_key": new_keypair("user")[0]},
+        headers=bearer(tokens["admin"]),
+    )
+    assert resp.status == 409 and "managed elsewhere" in (await resp.json())["message"]

@@ -1,0 +1,130 @@
+"""The system connection over TLS with a private CA and a client certificate (mutual TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from resolver.config import NatsSettings
+from resolver.db.models import Account
+from resolver.errors import ConfigError
+from resolver.push.connection import SystemConnection
+from tests.push.conftest import wait_for
+from tests.support.nats import NatsServer
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_pki(directory: Path) -> None:
+    """ca.pem, server.pem/.key (for 127.0.0.1) and client.pem/.key, all from one test CA."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("test CA"))
+        .issuer_name(_name("test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(directory / "ca", ca_key, ca)
+    for name, usage in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write(directory / name, key, cert)
+
+
+async def test_push_over_mutual_tls(
+    tmp_path: Path, full_nats: NatsServer, sys_creds: Path, system_account: Account
+) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki)
+    full_nats.configure(
+        full_nats.conf.read_text()
+        + "tls {\n"
+        + f'  cert_file: "{pki / "server.pem"}"\n'
+        + f'  key_file: "{pki / "server.key"}"\n'
+        + f'  ca_file: "{pki / "ca.pem"}"\n'
+        + "  verify: true\n}\n"
+    )
+    full_nats.start()
+    settings = NatsSettings(
+        servers=(f"tls://127.0.0.1:{full_nats.port}",),
+        system_creds=sys_creds,
+        tls_ca=pki / "ca.pem",
+        tls_cert=pki / "client.pem",
+        tls_key=pki / "client.key",
+        push_timeout=0.3,
+    )
+    connection = SystemConnection(settings, sys_creds)
+    connection.start()
+    try:
+
+        async def connected() -> bool:
+            return connection.connected
+
+        await wait_for(connected, what="a TLS connection")
+        replies = await connection.push_claims(
+            system_account.public_key, system_account.jwt or "", 0.3
+        )
+        assert {r.server for r in replies} == {"n1"} and all(r.code == 200 for r in replies)
+    finally:
+        await connection.close()
+
+    # Without the client certificate the server refuses: the connection never comes up.
+    without_cert = SystemConnection(replace(settings, tls_cert=None, tls_key=None), sys_creds)
+    without_cert.start()
+    try:
+        await asyncio.sleep(1.5)
+        assert not without_cert.connected
+    finally:
+        await without_cert.close()
+
+
+def test_unreadable_tls_files_stop_start_up(tmp_path: Path) -> None:
+    settings = NatsSettings(tls_ca=tmp_path / "missing-ca.pem")
+    with pytest.raises(ConfigError, match=r"nats\.tls_ca"):
+        SystemConnection(settings, tmp_path / "sys.creds")

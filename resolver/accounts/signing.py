@@ -70,10 +70,16 @@ async def plain_signing_key(session: AsyncSession, account: Account) -> AccountS
 
 
 async def account_signing_keys(session: AsyncSession, account: Account) -> list[Any]:
-    """Signing keys as the account JWT lists them: plain keys and ``user_scope`` keys."""
+    """Signing keys as the account JWT lists them: plain keys and ``user_scope`` keys.
+
+    A retired key is left out, so nats-server disconnects the users it signed.
+    """
     rows = await session.scalars(
         select(AccountSigningKey)
-        .where(AccountSigningKey.account_id == account.id)
+        .where(
+            AccountSigningKey.account_id == account.id,
+            AccountSigningKey.retired_at.is_(None),
+        )
         .order_by(AccountSigningKey.id)
     )
     keys: list[Any] = []

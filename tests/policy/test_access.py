@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from resolver.accounts.operator import create_operator
+from resolver.accounts.signing import account_signing_keys
 from resolver.db.engine import create_sessionmaker
 from resolver.db.models import Account, Binding, Group, GroupMember, Role, User, utcnow
 from resolver.natsjwt import new_keypair
@@ -122,3 +123,7 @@ async def test_scoped_key_per_role_set(engine: AsyncEngine, sealer: Sealer) -> N
         await session.flush()
         assert await refresh_templates(session) == {account.id}
         assert key.retired_at is not None and only_reader.retired_at is None
+        # ... and a retired key leaves the account JWT's signing keys.
+        listed = await account_signing_keys(session, account)
+        scoped = [k["key"] for k in listed if isinstance(k, dict)]
+        assert scoped == [only_reader.public_key]

@@ -5,7 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.accounts.signing import add_plain_signing_key, plain_signing_key, sign_account
+from resolver.accounts.signing import (
+    add_plain_signing_key,
+    new_account,
+    plain_signing_key,
+    sign_account,
+)
 from resolver.db.models import Account, IssuedUserKey, Operator, OperatorSigningKey
 from resolver.errors import NotFoundError
 from resolver.natsjwt import (
@@ -76,17 +81,9 @@ async def create_operator(
             operator_id=operator.id, public_key=sk_public, seed_sealed=sealer.seal(sk_seed)
         )
     )
-    sys_public, sys_seed = new_keypair("account")
-    system = Account(
-        operator_id=operator.id,
-        name=SYSTEM_ACCOUNT_NAME,
-        public_key=sys_public,
-        seed_sealed=sealer.seal(sys_seed),
-        is_system=True,
-        spec={},
-    )
+    system = new_account(sealer, operator.id, SYSTEM_ACCOUNT_NAME, spec={}, is_system=True)
     session.add(system)
-    operator.system_account_key = sys_public
+    operator.system_account_key = system.public_key
     await session.flush()
     await add_plain_signing_key(session, sealer, system)
     await resign_operator(session, sealer, operator, account_server_url=account_server_url)

@@ -23,6 +23,7 @@ from resolver.accounts.signing import (
     active_signing_key,
     add_plain_signing_key,
     build_account_claims,
+    new_account,
     next_iat,
     plain_signing_key,
     store_account_jwt,
@@ -155,15 +156,8 @@ async def create_account(
     if await session.scalar(select(Account.id).where(Account.name == name)) is not None:
         raise ConflictError(f"an account named {name!r} already exists")
     operator = await get_operator(session)
-    public_key, seed = new_keypair("account")
-    account = Account(
-        operator_id=operator.id,
-        name=name,
-        public_key=public_key,
-        seed_sealed=sealer.seal(seed),
-        is_system=False,
-        spec=clean_spec,
-    )
+    account = new_account(sealer, operator.id, name, spec=clean_spec)
+    public_key = account.public_key
     session.add(account)
     try:
         await session.flush()

@@ -36,6 +36,21 @@ async def active_signing_key(session: AsyncSession, operator: Operator) -> Opera
     return key
 
 
+def new_account(
+    sealer: Sealer, operator_id: int, name: str, *, spec: dict[str, Any], is_system: bool = False
+) -> Account:
+    """An account row with a fresh account key, its seed sealed (not yet added or signed)."""
+    public, seed = new_keypair("account")
+    return Account(
+        operator_id=operator_id,
+        name=name,
+        public_key=public,
+        seed_sealed=sealer.seal(seed),
+        is_system=is_system,
+        spec=spec,
+    )
+
+
 async def add_plain_signing_key(
     session: AsyncSession, sealer: Sealer, account: Account
 ) -> AccountSigningKey:

@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, exists, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.audit.service import record
 from resolver.db.models import Group, GroupMember, User, new_uuid, utcnow
 from resolver.scim.attributes import group_attributes
 from resolver.scim.errors import InvalidValueError, ScimNotFoundError
 from resolver.scim.events import GroupDeleted, MembershipChanged
-from resolver.scim.filters import Node, to_sql
+from resolver.scim.filters import AttributeMap
 from resolver.scim.patch import (
     PatchOperation,
     apply_operations,
@@ -28,35 +27,26 @@ from resolver.scim.patch import (
     normalize_patch,
 )
 from resolver.scim.resources import group_columns, member_displays, validate_group
-from resolver.scim.storage import Page, check_if_match, count_and_page, dialect_of, id_table
-from resolver.scim.users_store import ID_RE, ScimWriter, flush_unique
+from resolver.scim.storage import (
+    ID_RE,
+    ResourceStore,
+    check_if_match,
+    flush_unique,
+    id_table,
+)
 
 #: Member rows fetched per round trip while a member list is streamed out.
 STREAM_BATCH = 2000
 
 
-class GroupStore:
+class GroupStore(ResourceStore[Group]):
     """SCIM groups: create, read, list, replace, patch, delete, and member streaming."""
 
-    def __init__(self, session: AsyncSession, writer: ScimWriter | None = None) -> None:
-        self.session = session
-        self.writer = writer
+    model = Group
+    noun = "group"
 
-    def _writer(self) -> ScimWriter:
-        assert self.writer is not None, "writes need a ScimWriter"
-        return self.writer
-
-    async def get(self, group_id: str) -> Group:
-        row = await self.session.get(Group, group_id) if ID_RE.match(group_id) else None
-        if row is None:
-            raise ScimNotFoundError(f"no group with id {group_id!r}")
-        return row
-
-    async def list(self, node: Node | None, page: Page) -> tuple[int, list[Group]]:
-        query = select(Group)
-        if node is not None:
-            query = query.where(to_sql(node, group_attributes(dialect_of(self.session))))
-        return await count_and_page(self.session, query, Group.id, page)
+    def attributes(self, dialect: str) -> AttributeMap:
+        return group_attributes(dialect)
 
     async def members(self, group_id: str) -> AsyncIterator[tuple[str, str | None]]:
         """(user id, display) of every member, streamed in batches in a stable order."""

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
-from resolver.scim.errors import PreconditionFailedError
+from resolver.audit.service import Actor
+from resolver.db.models import Group, User
+from resolver.scim.errors import PreconditionFailedError, ScimNotFoundError, UniquenessError
+from resolver.scim.events import EventHooks
+from resolver.scim.filters import AttributeMap, Node, to_sql
+from resolver.scim.render import Locations
 
 #: Page size when the client gives no ``count``, and the most one page holds.
 DEFAULT_COUNT = 100
@@ -88,3 +95,58 @@ def check_if_match(tags: list[str] | None, version: int) -> None:
         raise PreconditionFailedError(
             f'the resource is at version W/"{version}", not the one If-Match names'
         )
+
+
+#: Ids we hand out are UUIDs; anything else cannot exist (and never reaches the driver).
+ID_RE = re.compile(r"^[A-Za-z0-9-]{1,36}$")
+
+
+@dataclass(frozen=True)
+class ScimWriter:
+    """What every write needs besides the session: who acts, the event hooks, URLs."""
+
+    actor: Actor
+    hooks: EventHooks
+    where: Locations
+
+
+async def flush_unique(session: AsyncSession, what: str) -> None:
+    """Flush, turning a unique-constraint violation (a concurrent twin, say) into 409."""
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise UniquenessError(f"{what} is already taken") from None
+
+
+Resource = TypeVar("Resource", User, Group)
+
+
+class ResourceStore(Generic[Resource]):
+    """What the user and group stores share: the session, the writer, get and list."""
+
+    model: ClassVar[type]
+    noun: ClassVar[str]
+
+    def __init__(self, session: AsyncSession, writer: ScimWriter | None = None) -> None:
+        self.session = session
+        self.writer = writer
+
+    def _writer(self) -> ScimWriter:
+        assert self.writer is not None, "writes need a ScimWriter"
+        return self.writer
+
+    def attributes(self, dialect: str) -> AttributeMap:
+        raise NotImplementedError
+
+    async def get(self, resource_id: str) -> Resource:
+        row = await self.session.get(self.model, resource_id) if ID_RE.match(resource_id) else None
+        if row is None:
+            raise ScimNotFoundError(f"no {self.noun} with id {resource_id!r}")
+        return row
+
+    async def list(self, node: Node | None, page: Page) -> tuple[int, list[Resource]]:
+        """Matching resources in a stable order (by id), one page of them."""
+        query = select(self.model)
+        if node is not None:
+            query = query.where(to_sql(node, self.attributes(dialect_of(self.session))))
+        return await count_and_page(self.session, query, self.model.id, page)

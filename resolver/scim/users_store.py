@@ -2,71 +2,36 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.audit.service import Actor, record
+from resolver.audit.service import record
 from resolver.db.models import Group, GroupMember, User, new_uuid, utcnow
 from resolver.scim.attributes import user_attributes
-from resolver.scim.errors import InvalidPathError, ScimNotFoundError, UniquenessError
-from resolver.scim.events import EventHooks, UserDeactivated, UserDeleted
-from resolver.scim.filters import Node, to_sql
+from resolver.scim.errors import InvalidPathError, ScimNotFoundError
+from resolver.scim.events import UserDeactivated, UserDeleted
+from resolver.scim.filters import AttributeMap
 from resolver.scim.patch import apply_operations, normalize_patch
-from resolver.scim.render import Locations
 from resolver.scim.resources import user_columns, validate_user
-from resolver.scim.storage import Page, check_if_match, count_and_page, dialect_of
-
-#: Ids we hand out are UUIDs; anything else cannot exist (and never reaches the driver).
-ID_RE = re.compile(r"^[A-Za-z0-9-]{1,36}$")
-
-
-@dataclass(frozen=True)
-class ScimWriter:
-    """What every write needs besides the session: who acts, the event hooks, URLs."""
-
-    actor: Actor
-    hooks: EventHooks
-    where: Locations
+from resolver.scim.storage import (
+    ID_RE,
+    ResourceStore,
+    check_if_match,
+    flush_unique,
+)
 
 
-async def flush_unique(session: AsyncSession, what: str) -> None:
-    """Flush, turning a unique-constraint violation (a concurrent twin, say) into 409."""
-    try:
-        await session.flush()
-    except IntegrityError:
-        raise UniquenessError(f"{what} is already taken") from None
-
-
-class UserStore:
+class UserStore(ResourceStore[User]):
     """SCIM users: create, read, list, replace, patch, delete."""
 
-    def __init__(self, session: AsyncSession, writer: ScimWriter | None = None) -> None:
-        self.session = session
-        self.writer = writer
+    model = User
+    noun = "user"
 
-    def _writer(self) -> ScimWriter:
-        assert self.writer is not None, "writes need a ScimWriter"
-        return self.writer
-
-    async def get(self, user_id: str) -> User:
-        row = await self.session.get(User, user_id) if ID_RE.match(user_id) else None
-        if row is None:
-            raise ScimNotFoundError(f"no user with id {user_id!r}")
-        return row
-
-    async def list(self, node: Node | None, page: Page) -> tuple[int, list[User]]:
-        """Matching users in a stable order (by id), one page of them."""
-        query = select(User)
-        if node is not None:
-            query = query.where(to_sql(node, user_attributes(dialect_of(self.session))))
-        return await count_and_page(self.session, query, User.id, page)
+    def attributes(self, dialect: str) -> AttributeMap:
+        return user_attributes(dialect)
 
     async def groups_of(self, user_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
         """(group id, displayName) of each user's groups, in one query."""

@@ -24,8 +24,7 @@ from resolver.scim.errors import (
 from resolver.scim.filters import Node, parse_filter
 from resolver.scim.render import Locations, Projection, member_item
 from resolver.scim.resources import LIST_RESPONSE_SCHEMA, SEARCH_REQUEST_SCHEMA, loads
-from resolver.scim.storage import DEFAULT_COUNT, MAX_COUNT, Page, parse_etags
-from resolver.scim.users_store import ScimWriter
+from resolver.scim.storage import DEFAULT_COUNT, MAX_COUNT, Page, ScimWriter, parse_etags
 
 SCIM_CONTENT_TYPE = "application/scim+json"
 ACCEPTED_CONTENT_TYPES = frozenset({SCIM_CONTENT_TYPE, "application/json"})

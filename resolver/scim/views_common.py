@@ -22,9 +22,16 @@ from resolver.scim.errors import (
     UnsupportedMediaTypeError,
 )
 from resolver.scim.filters import Node, parse_filter
-from resolver.scim.render import Locations, Projection, member_item
+from resolver.scim.render import Locations, Projection, etag, member_item
 from resolver.scim.resources import LIST_RESPONSE_SCHEMA, SEARCH_REQUEST_SCHEMA, loads
-from resolver.scim.storage import DEFAULT_COUNT, MAX_COUNT, Page, ScimWriter, parse_etags
+from resolver.scim.storage import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    Page,
+    ScimWriter,
+    etag_matches,
+    parse_etags,
+)
 
 SCIM_CONTENT_TYPE = "application/scim+json"
 ACCEPTED_CONTENT_TYPES = frozenset({SCIM_CONTENT_TYPE, "application/json"})
@@ -100,6 +107,13 @@ async def read_body(request: web.Request) -> Any:
 
 def if_match(request: web.Request) -> list[str] | None:
     return parse_etags(request.headers.get("If-Match"))
+
+
+def not_modified(request: web.Request, version: int) -> web.Response | None:
+    """A 304 when ``If-None-Match`` names the resource's current version, else None."""
+    if etag_matches(parse_etags(request.headers.get("If-None-Match")), version):
+        return web.Response(status=304, headers={"ETag": etag(version)})
+    return None
 
 
 # --------------------------------------------------------------------------- list queries

@@ -18,13 +18,13 @@ from resolver.db.models import Group
 from resolver.scim.groups_store import GroupStore
 from resolver.scim.render import Locations, Projection, etag, group_document
 from resolver.scim.resources import GROUP_SCHEMA
-from resolver.scim.storage import etag_matches, parse_etags
 from resolver.scim.views_common import (
     ListQuery,
     encode_with_members,
     if_match,
     list_chunks,
     locations,
+    not_modified,
     projection_of,
     query_params,
     read_body,
@@ -77,9 +77,7 @@ async def _respond(
 async def get_group(request: web.Request) -> web.StreamResponse:
     async with request.app[SESSIONMAKER]() as session:
         row = await GroupStore(session).get(request.match_info["id"])
-        if etag_matches(parse_etags(request.headers.get("If-None-Match")), row.version):
-            return web.Response(status=304, headers={"ETag": etag(row.version)})
-        return await _respond(request, session, row)
+        return not_modified(request, row.version) or await _respond(request, session, row)
 
 
 @scim_view

@@ -10,13 +10,13 @@ from resolver.appkeys import SESSIONMAKER
 from resolver.db.models import User
 from resolver.scim.render import Projection, etag, user_document
 from resolver.scim.resources import ENTERPRISE_SCHEMA, USER_SCHEMA
-from resolver.scim.storage import etag_matches, parse_etags
 from resolver.scim.users_store import UserStore
 from resolver.scim.views_common import (
     ListQuery,
     if_match,
     list_chunks,
     locations,
+    not_modified,
     one,
     projection_of,
     query_params,
@@ -79,9 +79,7 @@ async def _respond(
 async def get_user(request: web.Request) -> web.StreamResponse:
     async with request.app[SESSIONMAKER]() as session:
         row = await UserStore(session).get(request.match_info["id"])
-        if etag_matches(parse_etags(request.headers.get("If-None-Match")), row.version):
-            return web.Response(status=304, headers={"ETag": etag(row.version)})
-        return await _respond(request, session, row)
+        return not_modified(request, row.version) or await _respond(request, session, row)
 
 
 @scim_view

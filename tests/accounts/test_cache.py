@@ -65,6 +65,18 @@ async def served_jti(client: TestClient, key: str) -> str:
     return resp.headers["ETag"].strip('"')
 
 
+async def _quiet(cache: AccountJWTCache, window: float = 0.3, limit: float = 5.0) -> None:
+    """Wait until no invalidation has arrived for ``window`` seconds (late NOTIFYs landed)."""
+    waited = 0.0
+    seen = cache.generation
+    while waited < limit:
+        await asyncio.sleep(window)
+        waited += window
+        if cache.generation == seen:
+            return
+        seen = cache.generation
+
+
 async def test_every_commit_that_changes_a_jwt_invalidates(
     settings: Settings,
     operator: Operator,
@@ -75,9 +87,18 @@ async def test_every_commit_that_changes_a_jwt_invalidates(
 ) -> None:
     cache = AccountJWTCache(max_age=3_600)  # only invalidation can refresh it in this test
     client = await aiohttp_client(create_app(settings, overrides={JWT_CACHE: cache}))
+    generation = cache.generation
     async with sessions() as session, session.begin():
         account = await service.create_account(session, sealer, settings, name="C", actor=ADMIN)
     key = account.public_key
+    if not settings.database_url.startswith("sqlite"):
+        # The create's NOTIFY reaches the app's listener asynchronously: let it land first,
+        # or it may empty the cache right after the GET below filled it.
+        for _ in range(100):
+            if cache.generation != generation:
+                break
+            await asyncio.sleep(0.05)
+        assert cache.generation != generation, "the listener never saw the create"
     assert await served_jti(client, key) == account.jti
     assert cache.get(key) is not None
 
@@ -104,6 +125,11 @@ async def test_every_commit_that_changes_a_jwt_invalidates(
     assert after_revoke == (await resp.json())["jti"]
 
     # Any code using the app's sessions (jobs, SCIM) invalidates too; a rollback does not.
+    # On PostgreSQL the revocation's own NOTIFY comes back to this app a little later and
+    # empties the cache once more: wait for that, then fill the cache again.
+    await _quiet(cache)
+    assert await served_jti(client, key) == after_revoke
+    assert cache.get(key) is not None
     app_sessions = client.app[SESSIONMAKER]
     with pytest.raises(RuntimeError):
         async with app_sessions() as session, session.begin():

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from resolver import admin, health, jobs, push, scim
+from resolver import admin, health, jobs, policy, push, scim
 from resolver.accounts import views as account_views
 from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
 from resolver.config import Settings
@@ -48,4 +48,5 @@ def create_app(
     admin.setup(app)
     jobs.setup(app)
     scim.setup(app)
+    policy.setup(app)
     return app

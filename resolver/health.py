@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from resolver.appkeys import ENGINE, SCHEMA_HEAD
 from resolver.db.migrate import current_revision
+from resolver.http.handling import add_routes
 
 log = logging.getLogger(__name__)
 
@@ -36,5 +37,4 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    add_routes(app, [web.get("/healthz", healthz), web.get("/readyz", readyz)])

@@ -10,8 +10,10 @@ CLI on a SQLite file.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -68,6 +70,8 @@ class AccountJWTCache:
         # Bumped on every invalidation: a read that started before it must not store what
         # it read (it may be the old JWT), see ``generation``/``put``.
         self._generation = 0
+        # Loads under way: key -> (generation it started in, its result).
+        self._loading: dict[str, tuple[int, asyncio.Future[CachedJWT | None]]] = {}
 
     @property
     def generation(self) -> int:
@@ -91,6 +95,42 @@ class AccountJWTCache:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # crude, but bounded; a refill costs one query per key
         self._entries[entry.account_key] = (self._clock(), entry)
+
+    async def get_or_load(
+        self, account_key: str, load: Callable[[], Awaitable[CachedJWT | None]]
+    ) -> CachedJWT | None:
+        """The cached entry, else ``load()``'s result (stored), one load per key at a time.
+
+        Every entry ages out at the same moment for all the requests that want it: under
+        load, dozens of requests would miss together and each run the same query (about a
+        tenth of the CPU at 30,000 requests per second on SQLite). They share one load
+        instead. A request joins only a load that started after the last invalidation, so
+        it never receives a JWT older than a change committed before it arrived.
+        """
+        found = self.get(account_key)
+        if found is not None:
+            return found
+        pending = self._loading.get(account_key)
+        if pending is not None and pending[0] == self._generation:
+            # If the leader's load failed, try on our own, so errors stay per request.
+            with contextlib.suppress(Exception):
+                return await asyncio.shield(pending[1])
+        generation = self._generation
+        future: asyncio.Future[CachedJWT | None] = asyncio.get_running_loop().create_future()
+        self._loading[account_key] = (generation, future)
+        try:
+            found = await load()
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            if self._loading.get(account_key, (None, None))[1] is future:
+                del self._loading[account_key]
+        future.set_result(found)
+        if found is not None:
+            self.put(found, generation=generation)
+        return found
 
     def invalidate(self, keys: Iterable[str]) -> None:
         self._generation += 1

@@ -31,7 +31,7 @@ from resolver.accounts.signing import (
 from resolver.accounts.specs import validate_spec
 from resolver.audit.service import Actor, record
 from resolver.config import Settings
-from resolver.db.models import Account, IssuedUserKey, Operator, Revocation
+from resolver.db.models import Account, IssuedUserKey, Operator, Revocation, utcnow
 from resolver.errors import ConflictError, NotFoundError, ValidationError
 from resolver.natsjwt import (
     JWTError,
@@ -356,3 +356,79 @@ async def revoke_user_key(
         },
     )
     return row.revoked_at
+
+
+async def update_account(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    account: Account,
+    changes: dict[str, Any],
+    *,
+    actor: Actor,
+) -> bool:
+    """Merge ``changes`` into the account's spec (a null removes a field) and re-sign.
+
+    Returns whether a new JWT was stored (False: the claims came out the same).
+    """
+    if not is_managed_here(account):
+        raise ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
+    if not isinstance(changes, dict):
+        raise ValidationError("spec must be a JSON object")
+    merged = dict(account.spec or {})
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    clean = validate_spec(merged)
+    if clean == (account.spec or {}):
+        return False
+    before = account.spec or {}
+    account.spec = clean
+    await session.flush()
+    changed = await resign_account(session, sealer, settings, account)
+    record(
+        session,
+        actor,
+        "account.update",
+        target=account.public_key,
+        details={"name": account.name, "before": before, "after": clean, "jti": account.jti},
+    )
+    return changed
+
+
+async def delete_account(
+    session: AsyncSession, sealer: Sealer, settings: Settings, account: Account, *, actor: Actor
+) -> None:
+    """Lock ``account`` out and stop serving it.
+
+    The last JWT pushed allows zero connections, so every server drops its users at once;
+    a server that never loaded it gets a 404 from then on. Its bindings go; the row stays
+    (audit, issued keys) under a freed name, so the name can be used again.
+    """
+    from resolver.db.models import Binding  # local: bindings belong to the policy feature
+
+    if account.is_system:
+        raise ConflictError("the system account cannot be deleted")
+    if not is_managed_here(account):
+        raise ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
+    name = account.name
+    spec = dict(account.spec or {})
+    spec["limits"] = {**spec.get("limits", {}), "conn": 0, "leaf": 0}
+    account.spec = spec
+    await session.flush()
+    await resign_account(session, sealer, settings, account, force=True)
+    bindings = await session.scalars(select(Binding).where(Binding.account_id == account.id))
+    for binding in bindings:
+        await session.delete(binding)
+    account.deleted_at = utcnow()
+    account.name = f"{name}~deleted~{account.id}"[:200]
+    await session.flush()
+    record(
+        session,
+        actor,
+        "account.delete",
+        target=account.public_key,
+        details={"name": name, "jti": account.jti},
+    )

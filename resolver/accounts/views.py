@@ -28,6 +28,7 @@ from resolver.appkeys import JWT_CACHE, SESSIONMAKER, SETTINGS
 from resolver.errors import NotFoundError, ValidationError
 from resolver.http.auth import actor_of, authenticate
 from resolver.http.errors import register_error_renderer
+from resolver.http.handling import add_routes, with_fast_path
 from resolver.http.pushing import wake_pusher
 from resolver.natsjwt import is_public_key
 
@@ -51,16 +52,12 @@ def _account_key(request: web.Request) -> str:
 
 async def served_jwt(app: web.Application, account_key: str) -> CachedJWT | None:
     """The account's current JWT, from the cache or the database."""
-    cache = app[JWT_CACHE]
-    found = cache.get(account_key)
-    if found is not None:
-        return found
-    generation = cache.generation
-    async with app[SESSIONMAKER]() as session:
-        found = await load_served_jwt(session, account_key)
-    if found is not None:
-        cache.put(found, generation=generation)
-    return found
+
+    async def load() -> CachedJWT | None:
+        async with app[SESSIONMAKER]() as session:
+            return await load_served_jwt(session, account_key)
+
+    return await app[JWT_CACHE].get_or_load(account_key, load)
 
 
 async def accounts_root(request: web.Request) -> web.Response:
@@ -70,16 +67,29 @@ async def accounts_root(request: web.Request) -> web.Response:
     )
 
 
+def serve_cached_jwt(request: web.Request) -> web.Response | None:
+    """What nats-server sends (no query, no conditional header) for a cached account.
+
+    The fast path of ``get_account_jwt`` (see ``with_fast_path``), kept lean on purpose:
+    bench/resolver_get.py compares it with a bare aiohttp handler. No key check: only valid
+    keys are ever cached, so a malformed one misses and the handler refuses it. raw_path,
+    because query_string would build a yarl URL on every request.
+    """
+    if "?" in request.raw_path or "If-None-Match" in request.headers:
+        return None
+    served = request.app[JWT_CACHE].get(request.match_info["key"])
+    if served is None:
+        return None
+    return web.Response(body=served.body, headers=served.headers(int(time.time())))
+
+
+@with_fast_path(serve_cached_jwt)
 async def get_account_jwt(request: web.Request) -> web.Response:
     key = _account_key(request)
-    # The cache is read inline first: on a hit (nearly every request) no coroutine is made.
-    served = request.app[JWT_CACHE].get(key) or await served_jwt(request.app, key)
+    served = await served_jwt(request.app, key)
     if served is None:
         raise NotFoundError(f"account {key} not found")
     now = int(time.time())
-    # What nats-server sends: no query, no conditional header. Kept lean on purpose
-    # (bench/resolver_get.py compares it with a bare aiohttp handler); raw_path, because
-    # query_string would build a yarl URL on every request.
     if "?" not in request.raw_path and "If-None-Match" not in request.headers:
         return web.Response(body=served.body, headers=served.headers(now))
     if _flag(request, "check") and served.expires_at is not None and served.expires_at < now:
@@ -176,12 +186,17 @@ async def jwt_cache_ctx(app: web.Application) -> AsyncIterator[None]:
 def setup(app: web.Application) -> None:
     register_error_renderer(app, "/jwt/", _text_error)
     app.cleanup_ctx.append(jwt_cache_ctx)
-    app.router.add_get("/jwt/v1/help", get_help)
-    app.router.add_get("/jwt/v1/accounts/", accounts_root)
-    app.router.add_get("/jwt/v1/accounts", accounts_root)
-    app.router.add_get("/jwt/v1/accounts/{key}", get_account_jwt)
-    app.router.add_post("/jwt/v1/accounts/{key}", post_account_jwt)
-    app.router.add_get("/jwt/v1/operator", get_operator_jwt)
-    # nsc pull asks the v2 path first; the operator JWT is the same on both.
-    app.router.add_get("/jwt/v2/operator", get_operator_jwt)
-    app.router.add_get("/jwt/v1/pack", get_pack)
+    add_routes(
+        app,
+        [
+            web.get("/jwt/v1/help", get_help),
+            web.get("/jwt/v1/accounts/", accounts_root),
+            web.get("/jwt/v1/accounts", accounts_root),
+            web.get("/jwt/v1/accounts/{key}", get_account_jwt),
+            web.post("/jwt/v1/accounts/{key}", post_account_jwt),
+            web.get("/jwt/v1/operator", get_operator_jwt),
+            # nsc pull asks the v2 path first; the operator JWT is the same on both.
+            web.get("/jwt/v2/operator", get_operator_jwt),
+            web.get("/jwt/v1/pack", get_pack),
+        ],
+    )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from resolver.admin import accounts
+from resolver.admin import accounts, binding_views, role_views, user_views
 
 
 def setup(app: web.Application) -> None:
     accounts.setup(app)
+    role_views.setup(app)
+    binding_views.setup(app)
+    user_views.setup(app)

@@ -13,6 +13,7 @@ from resolver.db.models import Account
 from resolver.durations import parse_duration
 from resolver.errors import ValidationError
 from resolver.http.auth import actor_of, authenticate
+from resolver.http.handling import add_routes
 from resolver.http.pushing import wake_pusher
 
 
@@ -120,9 +121,44 @@ async def revoke(request: web.Request) -> web.Response:
     )
 
 
+async def update_account(request: web.Request) -> web.Response:
+    await authenticate(request, "admin")
+    body = await json_object(request, allowed={"spec"})
+    if not isinstance(body.get("spec"), dict):
+        raise ValidationError("'spec' is required: an object of the fields to change")
+    app = request.app
+    async with app[SESSIONMAKER]() as session, session.begin():
+        account = await service.get_account(session, request.match_info["ref"])
+        changed = await service.update_account(
+            session, app[SEALER], app[SETTINGS], account, body["spec"], actor=actor_of(request)
+        )
+    if changed:
+        wake_pusher(app)
+    return web.json_response({**account_json(account), "resigned": changed})
+
+
+async def delete_account(request: web.Request) -> web.Response:
+    await authenticate(request, "admin")
+    app = request.app
+    async with app[SESSIONMAKER]() as session, session.begin():
+        account = await service.get_account(session, request.match_info["ref"])
+        await service.delete_account(
+            session, app[SEALER], app[SETTINGS], account, actor=actor_of(request)
+        )
+    wake_pusher(app)
+    return web.Response(status=204)
+
+
 def setup(app: web.Application) -> None:
-    app.router.add_get("/admin/v1/accounts", list_accounts)
-    app.router.add_post("/admin/v1/accounts", create_account)
-    app.router.add_get("/admin/v1/accounts/{ref}", get_account)
-    app.router.add_post("/admin/v1/accounts/{ref}/users", issue_user)
-    app.router.add_post("/admin/v1/accounts/{ref}/revocations", revoke)
+    add_routes(
+        app,
+        [
+            web.get("/admin/v1/accounts", list_accounts),
+            web.post("/admin/v1/accounts", create_account),
+            web.get("/admin/v1/accounts/{ref}", get_account),
+            web.patch("/admin/v1/accounts/{ref}", update_account),
+            web.delete("/admin/v1/accounts/{ref}", delete_account),
+            web.post("/admin/v1/accounts/{ref}/users", issue_user),
+            web.post("/admin/v1/accounts/{ref}/revocations", revoke),
+        ],
+    )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from resolver import errors
-from resolver.http.requestid import REQUEST_ID_HEADER, Handler, request_id
+from resolver.http.requestid import REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger("resolver.http.errors")
 
@@ -56,16 +56,13 @@ def render_error(request: web.Request, status: int, code: str, message: str) -> 
     return _json_error(request, status, code, message)
 
 
-async def call_mapping_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run ``handler``, turning every exception into the right error response.
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The response for an exception a handler raised; re-raises what must pass through.
 
-    Called by the one request middleware (``resolver.http.middlewares``) instead of being
-    a middleware of its own: each aiohttp middleware layer costs about as much as serving a
-    cached account JWT, the hottest path of the service.
+    Redirects and bodiless HTTP exceptions are aiohttp's to answer, so they are raised
+    again; everything else becomes a JSON (or, by prefix, SCIM or plain text) error body.
     """
-    try:
-        return await handler(request)
-    except errors.ResolverError as exc:
+    if isinstance(exc, errors.ResolverError):
         status = status_for(exc)
         if status >= 500:
             log.error("%s: %s", type(exc).__name__, exc)
@@ -73,9 +70,9 @@ async def call_mapping_errors(request: web.Request, handler: Handler) -> web.Str
         if status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.empty_body:
-            raise
+            raise exc
         # aiohttp's own 404/405/413 become JSON (or SCIM) too, keeping their headers.
         response = render_error(
             request, exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason
@@ -84,10 +81,9 @@ async def call_mapping_errors(request: web.Request, handler: Handler) -> web.Str
             if name.lower() not in {"content-type", "content-length"}:
                 response.headers[name] = value
         return response
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = render_error(request, 500, "internal", "internal error")
-        rid = request_id(request)
-        if rid:
-            response.headers[REQUEST_ID_HEADER] = rid
-        return response
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    response = render_error(request, 500, "internal", "internal error")
+    rid = request_id(request)
+    if rid:
+        response.headers[REQUEST_ID_HEADER] = rid
+    return response

@@ -8,6 +8,7 @@ grant nothing, exactly as if the member had left the group.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +16,9 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.db.models import Account, Binding, Group, GroupMember, Role, User, utcnow
+
+#: Ids per ``IN (...)`` list: far below SQLite's and asyncpg's bound-parameter limits.
+IN_CHUNK = 5_000
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,39 @@ async def members_reaching(
         .distinct()
     )
     return set(rows)
+
+
+async def account_role_sets(
+    session: AsyncSession,
+    account_id: int,
+    user_ids: Collection[str],
+    *,
+    exclude_bindings: Collection[int] = (),
+    exclude_groups: Collection[str] = (),
+    now: datetime | None = None,
+) -> dict[str, frozenset[str]]:
+    """Active users among ``user_ids`` who reach ``account_id``, each with their role set.
+
+    ``exclude_*`` leave out bindings and groups that are about to go: deletions are
+    announced before the row is deleted, and what they granted must not count.
+    """
+    found: dict[str, set[str]] = defaultdict(set)
+    ids = list(dict.fromkeys(user_ids))
+    for start in range(0, len(ids), IN_CHUNK):
+        query = (
+            _grants_query(now or utcnow())
+            .with_only_columns(GroupMember.user_id, Role.name)
+            .join(User, User.id == GroupMember.user_id)
+            .where(
+                Binding.account_id == account_id,
+                User.active.is_(True),
+                GroupMember.user_id.in_(ids[start : start + IN_CHUNK]),
+            )
+        )
+        if exclude_bindings:
+            query = query.where(Binding.id.not_in(list(exclude_bindings)))
+        if exclude_groups:
+            query = query.where(Group.id.not_in(list(exclude_groups)))
+        for user_id, role in await session.execute(query):
+            found[user_id].add(role)
+    return {user: frozenset(roles) for user, roles in found.items()}

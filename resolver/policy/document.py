@@ -81,7 +81,7 @@ def _text(value: object, path: str) -> str:
     return value.strip()
 
 
-def _until(value: object, path: str) -> datetime:
+def parse_until(value: object, path: str) -> datetime:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
@@ -130,7 +130,9 @@ def parse_binding(body: object, path: str, accounts: set[str], roles: set[str]) 
             else None
         ),
         claim=claim,
-        until=_until(body["until"], f"{path}.until") if body.get("until") is not None else None,
+        until=parse_until(body["until"], f"{path}.until")
+        if body.get("until") is not None
+        else None,
     )
 
 

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from resolver.appkeys import SESSIONMAKER
 from resolver.http.auth import authenticate
+from resolver.http.handling import add_routes
 from resolver.push.state import PUSH_CONNECTION
 from resolver.push.status import push_status
 
@@ -25,4 +26,4 @@ async def get_push_status(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/admin/v1/push", get_push_status)
+    add_routes(app, [web.get("/admin/v1/push", get_push_status)])

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from resolver.appkeys import SCIM_EVENTS, SETTINGS
 from resolver.http.auth import actor_of, authenticate
+from resolver.http.pushing import wake_pusher
 from resolver.http.requestid import request_id
 from resolver.scim.errors import (
     ERROR_SCHEMA,
@@ -79,6 +80,9 @@ def render_scim_error(
     return scim_response(body, status=status)
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 def scim_view(handler: ScimHandler) -> ScimHandler:
     """Authenticate with the ``scim`` scope and turn ``ScimError`` into SCIM error bodies."""
 
@@ -86,9 +90,14 @@ def scim_view(handler: ScimHandler) -> ScimHandler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         await authenticate(request, "scim")
         try:
-            return await handler(request)
+            response = await handler(request)
         except ScimError as exc:
             return error_response(exc)
+        if request.method not in READ_METHODS:
+            # Committed by now: a removal or deactivation may have queued account pushes,
+            # which must go out at once (the pusher's sweep is only the safety net).
+            wake_pusher(request.app)
+        return response
 
     return wrapped
 

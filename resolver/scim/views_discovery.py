@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from resolver.appkeys import SESSIONMAKER, SETTINGS
+from resolver.http.handling import add_routes
 from resolver.scim import discovery
 from resolver.scim.errors import InvalidFilterError, ScimNotFoundError
 from resolver.scim.groups_store import GroupStore
@@ -117,9 +118,14 @@ async def search_all(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application, prefix: str) -> None:
-    app.router.add_get(f"{prefix}/ServiceProviderConfig", service_provider_config)
-    app.router.add_get(f"{prefix}/ResourceTypes", list_resource_types)
-    app.router.add_get(f"{prefix}/ResourceTypes/{{id}}", get_resource_type)
-    app.router.add_get(f"{prefix}/Schemas", list_schemas)
-    app.router.add_get(f"{prefix}/Schemas/{{id}}", get_schema)
-    app.router.add_post(f"{prefix}/.search", search_all)
+    add_routes(
+        app,
+        [
+            web.get(f"{prefix}/ServiceProviderConfig", service_provider_config),
+            web.get(f"{prefix}/ResourceTypes", list_resource_types),
+            web.get(f"{prefix}/ResourceTypes/{{id}}", get_resource_type),
+            web.get(f"{prefix}/Schemas", list_schemas),
+            web.get(f"{prefix}/Schemas/{{id}}", get_schema),
+            web.post(f"{prefix}/.search", search_all),
+        ],
+    )

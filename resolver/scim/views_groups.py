@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.appkeys import SESSIONMAKER
 from resolver.db.models import Group
+from resolver.http.handling import add_routes
 from resolver.scim.groups_store import GroupStore
 from resolver.scim.render import Locations, Projection, etag, group_document
 from resolver.scim.resources import GROUP_SCHEMA
@@ -122,10 +123,15 @@ async def delete_group(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application, prefix: str) -> None:
-    app.router.add_post(f"{prefix}/Groups/.search", search_groups)
-    app.router.add_get(f"{prefix}/Groups", list_groups)
-    app.router.add_post(f"{prefix}/Groups", create_group)
-    app.router.add_get(f"{prefix}/Groups/{{id}}", get_group)
-    app.router.add_put(f"{prefix}/Groups/{{id}}", replace_group)
-    app.router.add_patch(f"{prefix}/Groups/{{id}}", patch_group)
-    app.router.add_delete(f"{prefix}/Groups/{{id}}", delete_group)
+    add_routes(
+        app,
+        [
+            web.post(f"{prefix}/Groups/.search", search_groups),
+            web.get(f"{prefix}/Groups", list_groups),
+            web.post(f"{prefix}/Groups", create_group),
+            web.get(f"{prefix}/Groups/{{id}}", get_group),
+            web.put(f"{prefix}/Groups/{{id}}", replace_group),
+            web.patch(f"{prefix}/Groups/{{id}}", patch_group),
+            web.delete(f"{prefix}/Groups/{{id}}", delete_group),
+        ],
+    )

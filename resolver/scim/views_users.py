@@ -8,6 +8,7 @@ from aiohttp import web
 
 from resolver.appkeys import SESSIONMAKER
 from resolver.db.models import User
+from resolver.http.handling import add_routes
 from resolver.scim.render import Projection, etag, user_document
 from resolver.scim.resources import ENTERPRISE_SCHEMA, USER_SCHEMA
 from resolver.scim.users_store import UserStore
@@ -119,10 +120,15 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application, prefix: str) -> None:
-    app.router.add_post(f"{prefix}/Users/.search", search_users)
-    app.router.add_get(f"{prefix}/Users", list_users)
-    app.router.add_post(f"{prefix}/Users", create_user)
-    app.router.add_get(f"{prefix}/Users/{{id}}", get_user)
-    app.router.add_put(f"{prefix}/Users/{{id}}", replace_user)
-    app.router.add_patch(f"{prefix}/Users/{{id}}", patch_user)
-    app.router.add_delete(f"{prefix}/Users/{{id}}", delete_user)
+    add_routes(
+        app,
+        [
+            web.post(f"{prefix}/Users/.search", search_users),
+            web.get(f"{prefix}/Users", list_users),
+            web.post(f"{prefix}/Users", create_user),
+            web.get(f"{prefix}/Users/{{id}}", get_user),
+            web.put(f"{prefix}/Users/{{id}}", replace_user),
+            web.patch(f"{prefix}/Users/{{id}}", patch_user),
+            web.delete(f"{prefix}/Users/{{id}}", delete_user),
+        ],
+    )

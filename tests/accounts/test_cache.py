@@ -59,6 +59,73 @@ def test_cache_rules() -> None:
     assert len(bounded) <= 2 and bounded.get("A3") is not None
 
 
+async def test_concurrent_misses_share_one_load() -> None:
+    cache = AccountJWTCache()
+    calls = 0
+    release = asyncio.Event()
+
+    async def load() -> CachedJWT:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return entry("A1", f"J{calls}")
+
+    waiters = [asyncio.create_task(cache.get_or_load("A1", load)) for _ in range(20)]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*waiters)
+    assert calls == 1
+    assert {r.jti for r in results} == {"J1"}
+    assert cache.get("A1").jti == "J1"
+
+
+async def test_a_request_after_an_invalidation_does_not_join_an_older_load() -> None:
+    cache = AccountJWTCache()
+    started = asyncio.Event()
+    release = asyncio.Event()
+    versions = iter(["OLD", "NEW"])
+
+    async def load() -> CachedJWT:
+        jti = next(versions)
+        if jti == "OLD":
+            started.set()
+            await release.wait()
+        return entry("A1", jti)
+
+    early = asyncio.create_task(cache.get_or_load("A1", load))
+    await started.wait()
+    cache.invalidate(["A1"])  # a commit changed A1 while the first load was reading
+    late = await cache.get_or_load("A1", load)
+    release.set()
+    assert late.jti == "NEW"
+    assert (await early).jti == "OLD"  # it began before the change; it is not cached
+    assert cache.get("A1").jti == "NEW"
+
+
+async def test_a_failed_load_is_not_shared_with_waiters() -> None:
+    cache = AccountJWTCache()
+    attempts = 0
+    release = asyncio.Event()
+
+    async def load() -> CachedJWT:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await release.wait()
+            raise OSError("database went away")
+        return entry("A1")
+
+    leader = asyncio.create_task(cache.get_or_load("A1", load))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(cache.get_or_load("A1", load))
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(OSError):
+        await leader
+    assert (await follower).jti == "J1"
+    assert attempts == 2
+
+
 async def served_jti(client: TestClient, key: str) -> str:
     resp = await client.get(f"/jwt/v1/accounts/{key}")
     assert resp.status == 200

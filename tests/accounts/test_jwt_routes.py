@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.accounts import service
+from resolver.appkeys import JWT_CACHE
 from resolver.config import Settings
 from resolver.db.models import Account, Operator
+from resolver.logs import configure_logging
 from resolver.natsjwt import decode, new_keypair
 from resolver.sealing import Sealer
 from tests.accounts.conftest import ADMIN, outbox_rows
@@ -61,6 +66,34 @@ async def test_account_jwt_with_etag_and_cache_control(
         f"/jwt/v1/accounts/{account.public_key}", headers={"If-None-Match": '"something-else"'}
     )
     assert resp.status == 200 and (await resp.text()) == account.jwt
+
+
+async def test_cached_answer_matches_the_first_one_and_is_logged(
+    client: TestClient,
+    sessions: Sessions,
+    sealer: Sealer,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The second GET is served by the fast path from the cache: same answer, same log line."""
+    account = await create(sessions, sealer, settings)
+    path = f"/jwt/v1/accounts/{account.public_key}"
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("INFO", "json")
+        answers = [await client.get(path, headers={"X-Request-ID": f"get-{i}"}) for i in (1, 2)]
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    assert client.app[JWT_CACHE].get(account.public_key) is not None
+    first, second = answers
+    assert (await first.read()) == (await second.read()) == account.jwt.encode()
+    for name in ("Content-Type", "ETag", "Cache-Control"):
+        assert first.headers[name] == second.headers[name]
+    assert [a.headers["X-Request-ID"] for a in answers] == ["get-1", "get-2"]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    logged = {e["request_id"]: e for e in lines if e.get("path") == path}
+    assert logged["get-1"]["status"] == logged["get-2"]["status"] == 200
 
 
 async def test_expired_account_has_no_negative_max_age_and_fails_check(

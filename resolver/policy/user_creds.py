@@ -1,0 +1,183 @@
+"""A person's NATS credentials, signed with the scoped key of their role set in an account.
+
+The person is a SCIM user; what they may do comes from their groups' bindings to the
+account. The user JWT carries no permissions of its own (the scoped key's template applies),
+its ``name`` is the userName (the human identity nats-server logs and the audit shows), its
+tags name the granting groups, and it lives no longer than the strictest role allows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolver.accounts.service import MIN_CREDS_TTL, is_managed_here, resign_account
+from resolver.audit.service import Actor, record
+from resolver.config import Settings
+from resolver.db.models import Account, IssuedUserKey, User
+from resolver.errors import ConflictError, NotFoundError, ValidationError
+from resolver.natsjwt import (
+    decode,
+    encode,
+    format_creds,
+    is_public_key,
+    new_keypair,
+    user_claims,
+)
+from resolver.policy.access import user_grants
+from resolver.policy.roles import max_ttl
+from resolver.policy.scoped_keys import load_roles, scoped_key_for
+from resolver.scim.storage import ID_RE
+from resolver.sealing import Sealer
+
+#: What a person gets when they do not ask for a lifetime (capped by their roles).
+DEFAULT_TTL = 3_600
+_TAG_CHARS = str.maketrans({c: "_" for c in " :,"})
+
+
+@dataclass(frozen=True)
+class PersonCreds:
+    """What was issued. ``creds`` holds a seed when the service generated the key."""
+
+    jwt: str
+    creds: str | None
+    issued: IssuedUserKey
+    user_name: str
+    roles: tuple[str, ...]
+    groups: tuple[str, ...]
+    #: The scoped key was created for this issue: the account JWT was re-signed with it.
+    new_signing_key: bool
+
+
+async def find_user(session: AsyncSession, ref: str) -> User:
+    """The SCIM user with id ``ref`` or userName ``ref`` (case-insensitive)."""
+    clause = User.user_name_key == ref.casefold()
+    if ID_RE.match(ref):
+        clause = or_(User.id == ref, clause)
+    user = await session.scalar(select(User).where(clause))
+    if user is None:
+        raise NotFoundError(f"no user {ref!r}")
+    return user
+
+
+def group_tag(name: str) -> str:
+    # nats-server lower-cases tags, and ``tag(group)`` in templates reads "group:<value>".
+    return "group:" + name.translate(_TAG_CHARS).lower()
+
+
+async def issue_person_creds(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    account: Account,
+    user_ref: str,
+    *,
+    ttl_seconds: int | None,
+    actor: Actor,
+    public_key: str | None = None,
+    now: int | None = None,
+) -> PersonCreds:
+    """Sign a user JWT for the SCIM user ``user_ref`` in ``account``.
+
+    Refused (``ConflictError``) for an inactive user or one without a binding to the
+    account. ``public_key``: the caller's own user key (then no seed is made or returned).
+    The issued key and its expiry are recorded so a later removal can revoke it.
+    """
+    if not is_managed_here(account):
+        raise ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
+    if public_key is not None and not is_public_key(public_key, "user"):
+        raise ValidationError("public_key must be a user public key (U...)")
+    user = await find_user(session, user_ref)
+    if not user.active:
+        raise ConflictError(f"user {user.user_name!r} is inactive")
+    grants = [g for g in await user_grants(session, user.id) if g.account_id == account.id]
+    if not grants:
+        raise ConflictError(
+            f"user {user.user_name!r} has no binding to account {account.name!r}: "
+            "none of their groups is bound to it"
+        )
+    role_names = sorted({g.role for g in grants})
+    groups = tuple(sorted({g.group_name for g in grants}))
+    cap = max_ttl(await load_roles(session, role_names))
+    if ttl_seconds is None:
+        ttl_seconds = min(DEFAULT_TTL, cap)
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise ValidationError("ttl must be a whole number of seconds")
+    if ttl_seconds < MIN_CREDS_TTL:
+        raise ValidationError(f"ttl must be at least {MIN_CREDS_TTL} seconds")
+    ttl_seconds = min(ttl_seconds, cap)
+
+    key, created = await scoped_key_for(session, sealer, account, role_names)
+    if created:
+        # The new scoped key must be in the served (and pushed) account JWT before a user
+        # JWT signed by it can connect.
+        await resign_account(session, sealer, settings, account, force=True)
+    when = int(time.time()) if now is None else now
+    seed = None
+    if public_key is None:
+        public_key, seed = new_keypair("user")
+    claims = user_claims(
+        user.user_name,
+        public_key,
+        issuer_account=account.public_key,
+        tags=[group_tag(g) for g in groups],
+        exp=when + ttl_seconds,
+        scoped=True,
+    )
+    token = encode(claims, sealer.open(key.seed_sealed), iat=when)
+    decoded = decode(token, expected_type="user")
+    issued = IssuedUserKey(
+        public_key=public_key,
+        account_id=account.id,
+        user_id=user.id,
+        name=user.user_name,
+        signing_key=key.public_key,
+        jti=decoded.jti,
+        issued_at=decoded.iat,
+        expires_at=decoded.exp,
+    )
+    session.add(issued)
+    await session.flush()
+    record(
+        session,
+        actor,
+        "policy.user.issue",
+        target=account.public_key,
+        details={
+            "user": user.user_name,
+            "user_id": user.id,
+            "user_key": public_key,
+            "roles": role_names,
+            "groups": list(groups),
+            "signing_key": key.public_key,
+            "expires_at": decoded.exp,
+        },
+    )
+    return PersonCreds(
+        jwt=token,
+        creds=format_creds(token, seed) if seed is not None else None,
+        issued=issued,
+        user_name=user.user_name,
+        roles=tuple(role_names),
+        groups=groups,
+        new_signing_key=created,
+    )
+
+
+async def live_keys_count(session: AsyncSession, account_id: int, now: int) -> int:
+    """Issued, unrevoked, unexpired user keys in an account (for size estimates)."""
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(IssuedUserKey)
+            .where(
+                IssuedUserKey.account_id == account_id,
+                IssuedUserKey.revoked_at.is_(None),
+                or_(IssuedUserKey.expires_at.is_(None), IssuedUserKey.expires_at > now),
+            )
+        )
+        or 0
+    )

@@ -13,7 +13,7 @@ from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
 from resolver.config import Settings
 from resolver.db.engine import create_engine, create_sessionmaker
 from resolver.db.migrate import head_revision
-from resolver.http.middlewares import request_middleware
+from resolver.http.handling import add_fallback, check_all_handled
 from resolver.sealing import Sealer, load_master_key
 
 
@@ -29,10 +29,8 @@ def create_app(
     settings: Settings, *, overrides: Mapping[web.AppKey[Any], Any] | None = None
 ) -> web.Application:
     """Build the application; ``overrides`` replaces registrations (tests, benchmarks)."""
-    app = web.Application(
-        middlewares=[request_middleware],
-        client_max_size=settings.server.max_body_bytes,
-    )
+    # No middlewares: every route is wrapped by resolver.http.handling instead (see there).
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[SCHEMA_HEAD] = head_revision() or ""
     for key, value in (overrides or {}).items():
@@ -49,4 +47,11 @@ def create_app(
     jobs.setup(app)
     scim.setup(app)
     policy.setup(app)
+    add_fallback(app)
+    app.on_startup.append(_check_routes)
     return app
+
+
+async def _check_routes(app: web.Application) -> None:
+    # At start-up, so routes added after create_app (tests) are checked too.
+    check_all_handled(app)

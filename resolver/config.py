@@ -64,6 +64,12 @@ class AccountSettings:
     jwt_ttl_seconds: int = 86_400
     #: How often the job looks for account JWTs close to expiry (and re-signs them).
     resign_check_seconds: int = 300
+    #: How often the job looks for bindings whose ``ends_at`` passed (and revokes).
+    binding_check_seconds: int = 30
+    #: How often the job drops revocation entries that no live user JWT can match.
+    prune_check_seconds: int = 3_600
+    #: Largest encoded account JWT; a bigger one has its oldest revocations folded into "*".
+    jwt_size_budget_bytes: int = 819_200
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,10 @@ _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "accounts": {
         "jwt_ttl_seconds": _as_int(300, 366 * 86_400),
         "resign_check_seconds": _as_int(10, 86_400),
+        "binding_check_seconds": _as_int(1, 86_400),
+        "prune_check_seconds": _as_int(10, 7 * 86_400),
+        # nats-io/jwt refuses tokens over 1 MiB, and 1 MiB is nats-server's default max_payload.
+        "jwt_size_budget_bytes": _as_int(16_384, 1_048_576),
     },
     "log": {
         "level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),

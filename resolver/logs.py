@@ -8,7 +8,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-#: Set by the request-id middleware; read by every log record emitted while serving it.
+#: Set by resolver.http.handling for each request; read by every log record emitted while serving it.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -52,5 +52,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # aiohttp's access log repeats what our middleware logs, without the request id.
+    # aiohttp's access log repeats what our handling logs, without the request id.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

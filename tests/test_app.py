@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from resolver.app import create_app
 from resolver.config import Settings
 from resolver.errors import ConflictError
+from resolver.http.handling import add_routes
 from resolver.logs import configure_logging
 
 Client = Callable[..., Any]
@@ -27,8 +28,7 @@ async def client(settings: Settings, engine: Any, aiohttp_client: Client) -> Tes
     async def conflict(request: web.Request) -> web.Response:
         raise ConflictError("that name is taken")
 
-    app.router.add_get("/_test/boom", boom)
-    app.router.add_get("/_test/conflict", conflict)
+    add_routes(app, [web.get("/_test/boom", boom), web.get("/_test/conflict", conflict)])
     return await aiohttp_client(app)
 
 

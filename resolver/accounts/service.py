@@ -206,7 +206,19 @@ async def resign_account(
     due = force or is_due_for_resign(account, ttl_seconds=ttl, now=when)
     if not due and _same_claims(account.jwt, claims, issuer=signer.public_key, iat=when):
         return False
-    token = encode(claims, sealer.open(signer.seed_sealed), iat=next_iat(account, when))
+    seed = sealer.open(signer.seed_sealed)
+    token = encode(claims, seed, iat=next_iat(account, when))
+    budget = settings.accounts.jwt_size_budget_bytes
+    if len(token) > budget:
+        # Too big for nats-server: drop dead revocations, fold the oldest into "*" and sign
+        # again (local import: the policy layer builds on this module, not the reverse).
+        from resolver.policy.revocations import fit_budget
+
+        async def again() -> str:
+            fresh = await build_account_claims(session, account, ttl_seconds=ttl, now=when)
+            return encode(fresh, seed, iat=next_iat(account, when))
+
+        token = await fit_budget(session, account, token, again, budget=budget, now=when)
     await _store_and_push(session, account, token)
     return True
 

@@ -227,6 +227,9 @@ class Binding(Base):
     claim_name: Mapped[str | None] = mapped_column(String(200))
     claim_value: Mapped[str | None] = mapped_column(String(512))
     ends_at: Mapped[datetime | None] = mapped_column(index=True)
+    #: When the end-time job revoked what this binding granted (``ends_at`` had passed); a
+    #: binding extended afterwards (``ends_at`` later than this) is handled again.
+    lapsed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

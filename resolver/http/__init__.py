@@ -1,1 +1,1 @@
-"""HTTP plumbing shared by every feature: middlewares, auth, error mapping."""
+"""HTTP plumbing shared by every feature: request handling, auth, error mapping."""

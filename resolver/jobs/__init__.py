@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from resolver.jobs import resign, scheduler
+from resolver.jobs import bindings, prune, resign, scheduler
 
 
 def setup(app: web.Application) -> None:
     scheduler.setup(app)
     resign.setup(app)
+    bindings.setup(app)
+    prune.setup(app)

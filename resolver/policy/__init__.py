@@ -8,7 +8,7 @@ from aiohttp import web
 def setup(app: web.Application) -> None:
     """Revoke on SCIM changes (the hook runs in the SCIM transaction)."""
     from resolver.appkeys import SCIM_EVENTS, SEALER, SETTINGS
-    from resolver.policy.scim_hook import deprovision_hook
+    from resolver.policy.hooks import deprovision_hook
     from resolver.scim.events import default_hooks
 
     if SCIM_EVENTS not in app:

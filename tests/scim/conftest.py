@@ -19,6 +19,7 @@ from resolver.config import Settings
 from resolver.db.engine import create_sessionmaker
 from resolver.db.models import AuditEntry
 from resolver.http.auth import authenticate
+from resolver.http.handling import add_routes
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -135,7 +136,7 @@ def build_app(settings: Settings) -> web.Application:
         return web.json_response({"ok": True})
 
     # A stand-in admin route: the auth helper every /admin/ route uses.
-    app.router.add_get("/admin/_probe", admin_probe)
+    add_routes(app, [web.get("/admin/_probe", admin_probe)])
     return app
 
 

@@ -302,30 +302,56 @@ def _default_creds_path(name: str) -> Path:
 @cli.command("user-creds")
 @config_option
 @click.option("--account", "account_ref", required=True, help="Account name or public key.")
-@click.option("--name", required=True, help="Workload name (written into the user JWT).")
-@click.option("--ttl", default="1h", show_default=True, help="Lifetime: 3600, 30m, 1h, 7d...")
+@click.option("--name", default=None, help="Workload name (written into the user JWT).")
+@click.option(
+    "--user",
+    "user_ref",
+    default=None,
+    metavar="USERNAME",
+    help="A person (SCIM userName or id): creds for their roles in the account.",
+)
+@click.option(
+    "--ttl",
+    default=None,
+    help="Lifetime: 3600, 30m, 1h, 7d... (default 1h; for --user capped by the roles).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Creds file to write (mode 0600). Default: ./<name>.creds",
+    help="Creds file to write (mode 0600). Default: ./<name or user>.creds",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def user_creds(
-    config: Path | None, account_ref: str, name: str, ttl: str, out: Path | None, force: bool
+    config: Path | None,
+    account_ref: str,
+    name: str | None,
+    user_ref: str | None,
+    ttl: str | None,
+    out: Path | None,
+    force: bool,
 ) -> None:
-    """Write a .creds file for a workload; its key and expiry are recorded for revocation."""
+    """Write a .creds file for a workload (--name) or a person (--user); the key and its
+    expiry are recorded for revocation."""
     from resolver.accounts.service import get_account, issue_workload_creds
     from resolver.bootstrap import write_private
     from resolver.durations import parse_duration
     from resolver.errors import ConflictError
 
+    if (name is None) == (user_ref is None):
+        raise click.UsageError("give exactly one of --name (a workload) or --user (a person)")
     settings = settings_from(config)
-    ttl_seconds = parse_duration(ttl)
-    path = out or _default_creds_path(name)
+    ttl_seconds = parse_duration(ttl) if ttl is not None else None
+    path = out or _default_creds_path(name if name is not None else str(user_ref))
     if path.exists() and not force:
         raise ConflictError(f"{path} exists; pass --force to overwrite it")
     sealer = sealer_of(settings)
+
+    if user_ref is not None:
+        _person_creds(settings, sealer, account_ref, user_ref, ttl_seconds, path)
+        return
+    if ttl_seconds is None:
+        ttl_seconds = parse_duration("1h")
 
     async def go() -> tuple[str, str, int | None]:
         async with cli_session(settings) as session, session.begin():
@@ -340,6 +366,50 @@ def user_creds(
 
     user_key, account_name, expires_at = run(go())
     click.echo(f"wrote {path} (account {account_name}, user {user_key}, expires {expires_at})")
+
+
+def _person_creds(
+    settings: Settings,
+    sealer: Any,
+    account_ref: str,
+    user_ref: str,
+    ttl_seconds: int | None,
+    path: Path,
+) -> None:
+    """``user-creds --user``: a person's creds, signed by the scoped key of their roles."""
+    from resolver.accounts.service import get_account
+    from resolver.bootstrap import write_private
+    from resolver.policy.user_creds import issue_person_creds
+
+    async def go() -> Any:
+        async with cli_session(settings) as session, session.begin():
+            target = await get_account(session, account_ref)
+            issued = await issue_person_creds(
+                session,
+                sealer,
+                settings,
+                target,
+                user_ref,
+                ttl_seconds=ttl_seconds,
+                actor=cli_actor(),
+            )
+            assert issued.creds is not None  # the service generated the key
+            # Written inside the transaction: if the file cannot be written, nothing is
+            # recorded as issued.
+            write_private(path, issued.creds)
+            return issued, target.name
+
+    issued, account_name = run(go())
+    click.echo(
+        f"wrote {path} (account {account_name}, user {issued.user_name}, "
+        f"key {issued.issued.public_key}, roles {','.join(issued.roles)}, "
+        f"expires {issued.issued.expires_at})"
+    )
+    if issued.new_signing_key:
+        click.echo(
+            "note: a new scoped signing key was created for this role set; the account JWT "
+            "was re-signed and a running service pushes it within its push sweep"
+        )
 
 
 @cli.command("revoke")
@@ -393,6 +463,9 @@ def dev(data_dir: Path, config: Path | None) -> None:
     from resolver.devstack import run_dev_stack
 
     sys.exit(run_dev_stack(config or data_dir / "resolver.toml"))
+
+
+from resolver import cli_policy  # noqa: E402,F401  (registers commands)
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-#: Set by resolver.http.handling for each request; read by every log record emitted while serving it.
+#: Set by resolver.http.handling for each request; read by every log record emitted while
+#: serving it.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )

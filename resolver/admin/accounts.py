@@ -15,6 +15,7 @@ from resolver.errors import ValidationError
 from resolver.http.auth import actor_of, authenticate
 from resolver.http.handling import add_routes
 from resolver.http.pushing import wake_pusher
+from resolver.policy.revocations import revocation_summary
 
 
 def account_json(account: Account) -> dict[str, Any]:
@@ -41,9 +42,12 @@ async def list_accounts(request: web.Request) -> web.Response:
 
 async def get_account(request: web.Request) -> web.Response:
     await authenticate(request, "admin:read")
+    budget = request.app[SETTINGS].accounts.jwt_size_budget_bytes
     async with request.app[SESSIONMAKER]() as session:
         account = await service.get_account(session, request.match_info["ref"])
-    return web.json_response(account_json(account))
+        # How full the JWT is: revocations cost about 93 bytes each (see policy.revocations).
+        size = await revocation_summary(session, account, budget=budget)
+    return web.json_response({**account_json(account), "size": size})
 
 
 async def create_account(request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from resolver.admin.bodies import json_object
@@ -47,10 +49,13 @@ async def get_binding(request: web.Request) -> web.Response:
 async def create_binding(request: web.Request) -> web.Response:
     await authenticate(request, "admin")
     body = await json_object(request, allowed=BINDING_FIELDS)
-    if "ends_at" in body:
-        body["until"] = body.pop("ends_at")
-    # The same rules as a policy file's bindings (roles are checked against the store).
-    spec = parse_binding(body, "binding", set(), {body.get("role")} - {None})  # type: ignore[arg-type]
+    raw_end = body.pop("ends_at", None)
+    ends_at = parse_until(raw_end, "ends_at") if raw_end is not None else None
+    role = body.get("role")
+    # The same rules as a policy file's bindings; the role's existence is checked against
+    # the store (a 404), so here any well-formed name passes.
+    spec = parse_binding(body, "binding", set(), {role} if isinstance(role, str) else set())
+    spec = replace(spec, until=ends_at)
     async with request.app[SESSIONMAKER]() as session, session.begin():
         binding = await manage.create_binding(session, spec, actor=actor_of(request))
         answer = await manage.binding_json(session, binding)

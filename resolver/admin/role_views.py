@@ -82,9 +82,14 @@ async def replace_role(request: web.Request) -> web.Response:
 
 async def delete_role(request: web.Request) -> web.Response:
     await authenticate(request, "admin")
-    async with request.app[SESSIONMAKER]() as session, session.begin():
-        await manage.delete_role(session, request.match_info["name"], actor=actor_of(request))
-    wake_pusher(request.app)
+    app = request.app
+    async with app[SESSIONMAKER]() as session, session.begin():
+        # Accounts still carrying a scoped key for a role set with this role are re-signed.
+        resigned = await manage.delete_role(
+            session, app[SEALER], app[SETTINGS], request.match_info["name"], actor=actor_of(request)
+        )
+    if resigned:
+        wake_pusher(app)
     return web.Response(status=204)
 
 

@@ -7,10 +7,12 @@ not at all; the SCIM view wakes the pusher after the commit.
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.audit.service import Actor
 from resolver.config import Settings
+from resolver.db.models import Binding
 from resolver.policy.deprovision import (
     accounts_bound_to_group,
     accounts_with_live_keys,
@@ -20,6 +22,7 @@ from resolver.policy.deprovision import (
 from resolver.scim.events import (
     EventHook,
     GroupDeleted,
+    GroupRenamed,
     MembershipChanged,
     ScimEvent,
     UserDeactivated,
@@ -57,6 +60,28 @@ def deprovision_hook(sealer: Sealer, settings: Settings) -> EventHook:
                 actor=actor,
                 reason=f"user {event.user_id} {what}",
                 exclude_users={event.user_id},
+            )
+        elif isinstance(event, GroupRenamed):
+            # The new name is stored: bindings made by the old name no longer match, and
+            # (unless another binding still grants it) the members lose those accounts.
+            accounts = set(
+                await session.scalars(
+                    select(Binding.account_id).where(
+                        Binding.group_id.is_(None),
+                        Binding.group_name_key == event.old_name.casefold(),
+                    )
+                )
+            )
+            if not accounts:
+                return
+            members = await group_members(session, event.group_id)
+            await revoke_lost_access(
+                session,
+                sealer,
+                settings,
+                {account: members for account in accounts},
+                actor=actor,
+                reason=f"group {event.group_id} renamed from {event.old_name!r}",
             )
         elif isinstance(event, GroupDeleted):
             accounts = await accounts_bound_to_group(session, event.group_id)

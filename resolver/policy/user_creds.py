@@ -14,10 +14,15 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.accounts.service import MIN_CREDS_TTL, is_managed_here, resign_account
+from resolver.accounts.service import (
+    MIN_CREDS_TTL,
+    is_managed_here,
+    lock_account,
+    resign_account,
+)
 from resolver.audit.service import Actor, record
 from resolver.config import Settings
-from resolver.db.models import Account, IssuedUserKey, User
+from resolver.db.models import Account, IssuedUserKey, Revocation, User
 from resolver.errors import ConflictError, NotFoundError, ValidationError
 from resolver.natsjwt import (
     decode,
@@ -90,6 +95,9 @@ async def issue_person_creds(
         raise ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
     if public_key is not None and not is_public_key(public_key, "user"):
         raise ValidationError("public_key must be a user public key (U...)")
+    # Locked first: a removal committing meanwhile either comes before this (and the user
+    # is refused below) or after (and finds the key issued here to revoke).
+    await lock_account(session, account)
     user = await find_user(session, user_ref)
     if not user.active:
         raise ConflictError(f"user {user.user_name!r} is inactive")
@@ -119,6 +127,14 @@ async def issue_person_creds(
     seed = None
     if public_key is None:
         public_key, seed = new_keypair("user")
+    elif await session.scalar(
+        select(Revocation.id).where(
+            Revocation.account_id == account.id, Revocation.public_key == public_key
+        )
+    ):
+        # A JWT issued for it in the entry's second would be born revoked, and a key that
+        # was revoked once should not come back anyway.
+        raise ConflictError("that public key was revoked in this account: make a new key")
     claims = user_claims(
         user.user_name,
         public_key,

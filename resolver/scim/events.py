@@ -47,7 +47,15 @@ class GroupDeleted:
     group_id: str
 
 
-ScimEvent = MembershipChanged | UserDeactivated | UserDeleted | GroupDeleted
+@dataclass(frozen=True, slots=True)
+class GroupRenamed:
+    """``displayName`` changed (after the new name is flushed): bindings by name follow it."""
+
+    group_id: str
+    old_name: str
+
+
+ScimEvent = MembershipChanged | UserDeactivated | UserDeleted | GroupDeleted | GroupRenamed
 EventHook = Callable[[AsyncSession, Actor, ScimEvent], Awaitable[None]]
 
 

@@ -18,7 +18,7 @@ from resolver.audit.service import record
 from resolver.db.models import Group, GroupMember, User, new_uuid, utcnow
 from resolver.scim.attributes import group_attributes
 from resolver.scim.errors import InvalidValueError, ScimNotFoundError
-from resolver.scim.events import GroupDeleted, MembershipChanged
+from resolver.scim.events import GroupDeleted, GroupRenamed, MembershipChanged
 from resolver.scim.filters import AttributeMap
 from resolver.scim.patch import (
     PatchOperation,
@@ -103,6 +103,7 @@ class GroupStore(ResourceStore[Group]):
 
     async def _store(self, row: Group, doc: dict[str, Any], action: str) -> None:
         changed = row.resource != doc or row.display_name != doc.get("displayName")
+        old_name = row.display_name
         for key, value in group_columns(doc).items():
             setattr(row, key, value)
         row.resource = doc
@@ -110,6 +111,10 @@ class GroupStore(ResourceStore[Group]):
         if changed:
             writer = self._writer()
             record(self.session, writer.actor, action, row.id, {"displayName": row.display_name})
+            if old_name is not None and old_name.casefold() != row.display_name.casefold():
+                # Bindings name groups by displayName: a rename can take access away.
+                event = GroupRenamed(row.id, old_name)
+                await writer.hooks.dispatch(self.session, writer.actor, event)
 
     async def replace(self, group_id: str, payload: Any, if_match: list[str] | None) -> Group:
         """PUT. ``members`` given: the new member list (Okta sends the full one); not given:

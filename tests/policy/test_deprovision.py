@@ -94,7 +94,9 @@ async def test_lost_access_is_revoked_once_and_audited(
     assert await outbox_count(sessions, acc) == pushes + 1
     async with sessions() as session:
         marked = dict(
-            (await session.execute(select(IssuedUserKey.public_key, IssuedUserKey.revoked_at))).all()
+            (
+                await session.execute(select(IssuedUserKey.public_key, IssuedUserKey.revoked_at))
+            ).all()
         )
     assert marked[bob_key.public_key] is not None and marked[alice_key.public_key] is None
     (row,) = await audits(sessions, "policy.revoke")

@@ -222,6 +222,13 @@ async def test_person_credentials(api: Api, sessions: Sessions) -> None:  # noqa
         keys = set(await session.scalars(select(IssuedUserKey.public_key)))
     assert {issued["user_key"], own_key} <= keys
 
+    # A key once revoked is never signed again (its JWT would be born revoked).
+    await api.ok("POST", "/admin/v1/accounts/orders/revocations", {"user_key": own_key})
+    status, body = await api.call(
+        "POST", path.format(alice), {"account": "orders", "public_key": own_key}
+    )
+    assert status == 409 and "revoked" in body["message"]
+
 
 async def test_a_500_member_removal_re_signs_the_account_once(
     api: Api,
@@ -310,6 +317,9 @@ async def test_account_update_and_delete(api: Api, sessions: Sessions) -> None: 
         "PATCH", "/admin/v1/accounts/orders", {"spec": {"limits": {"conn": 10}, "tags": ["a:b"]}}
     )
     assert again["resigned"] is False
+    shown = await api.ok("GET", "/admin/v1/accounts/orders", token="admin:read")
+    assert shown["size"]["revocations"] == 0 and shown["size"]["budget_bytes"] == 819200
+    assert 0 < shown["size"]["jwt_bytes"] < 2000
     dropped = await api.ok("PATCH", "/admin/v1/accounts/orders", {"spec": {"tags": None}})
     assert "tags" not in dropped["spec"]
     status, _ = await api.call("PATCH", "/admin/v1/accounts/orders", {"spec": {"limits": 5}})
@@ -386,3 +396,34 @@ async def test_explain(api: Api) -> None:
     assert status == 400 and "literal" in body["message"]
     status, body = await api.call("GET", "/admin/v1/explain?user=alice", token="admin:read")
     assert status == 400 and "subject" in body["message"]
+
+
+async def test_renaming_a_group_bound_by_name_revokes(api: Api, sessions: Sessions) -> None:  # noqa: F811
+    await api.ok("POST", "/admin/v1/accounts", {"name": "orders"})
+    await api.ok("POST", "/admin/v1/roles", WRITER)
+    alice = await api.user("alice")
+    eng = await api.group("eng", [alice])
+    await api.ok(
+        "POST", "/admin/v1/bindings", {"account": "orders", "role": "writer", "group": "eng"}
+    )
+    issued = await api.ok("POST", "/admin/v1/users/alice/credentials", {"account": "orders"})
+
+    rename = {"op": "replace", "path": "displayName", "value": "ENG"}  # case only: same group
+    await api.ok(
+        "PATCH",
+        f"/scim/v2/Groups/{eng}",
+        {"schemas": [PATCH_OP], "Operations": [rename]},
+        token="scim",
+    )
+    assert issued["user_key"] not in (await account_claims(sessions, "orders"))["nats"].get(
+        "revocations", {}
+    )
+
+    rename = {"op": "replace", "path": "displayName", "value": "engineering"}
+    await api.ok(
+        "PATCH",
+        f"/scim/v2/Groups/{eng}",
+        {"schemas": [PATCH_OP], "Operations": [rename]},
+        token="scim",
+    )
+    assert issued["user_key"] in (await account_claims(sessions, "orders"))["nats"]["revocations"]

@@ -1,0 +1,221 @@
+"""Policy as code: apply a policy file in the caller's one transaction.
+
+The plan is computed first (``plan_policy``), so what ``--dry-run`` prints is what happens.
+Then, in this order:
+
+1. new accounts are created;
+2. roles are created and changed: a change recompiles the templates of the scoped keys
+   serving the role (their accounts are re-signed later, once);
+3. bindings are created, and their ``until`` moved;
+4. bindings absent from the file are deleted, then roles absent from the file (the scoped
+   keys serving a deleted role are retired); then changed accounts are updated (their
+   re-sign carries the template changes too) and, with ``prune_accounts``, accounts absent
+   from the file are deleted;
+5. the members who lost an account (or a role) by those deletions are revoked, all at once,
+   which re-signs each account concerned once;
+6. every other account whose JWT changed is re-signed, once.
+
+An account is signed twice only when its own settings change and members lose access to
+it in the same apply (the revocation needs the re-sign; ``update_account`` signs too).
+
+Nothing commits here: a failure anywhere leaves the stored state as it was.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolver.accounts.service import (
+    create_account,
+    delete_account,
+    get_account,
+    is_managed_here,
+    update_account,
+)
+from resolver.audit.service import Actor, record
+from resolver.config import Settings
+from resolver.db.models import Binding
+from resolver.policy.deprovision import (
+    candidates_for_binding,
+    resign_accounts,
+    revoke_lost_access,
+)
+from resolver.policy.document import PolicyDocument
+from resolver.policy.manage import (
+    create_binding,
+    create_role,
+    drop_role,
+    get_role,
+    set_binding_end,
+    store_role_spec,
+)
+from resolver.policy.plan import PolicyPlan, binding_identity, plan_policy, stored_bindings
+from resolver.policy.scoped_keys import refresh_templates
+from resolver.sealing import Sealer
+
+Progress = Callable[[str], None]
+
+
+async def apply_policy(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    doc: PolicyDocument,
+    *,
+    actor: Actor,
+    prune_accounts: bool = False,
+    progress: Progress | None = None,
+) -> PolicyPlan:
+    """Make the stored accounts, roles and bindings match ``doc``; returns the plan applied.
+
+    Applying the same document twice changes nothing the second time (no new account JWT,
+    no push). The caller owns the transaction and commits.
+    """
+
+    def say(line: str) -> None:
+        if progress is not None:
+            progress(line)
+
+    plan = await plan_policy(session, doc, prune_accounts=prune_accounts)
+    if plan.empty:
+        return plan
+    counts: dict[str, int] = defaultdict(int)
+    #: Accounts whose JWT must be re-signed at the end (by id).
+    pending: set[int] = set()
+
+    # 1. New accounts (signed as they are made).
+    for change in plan.changes:
+        if change.kind == "account" and change.action == "create":
+            say(f"creating account {change.name}")
+            await create_account(
+                session, sealer, settings, name=change.name, spec=doc.accounts[change.name],
+                actor=actor,
+            )  # fmt: skip
+            counts["accounts_created"] += 1
+
+    # 2. Roles: create and change.
+    for change in plan.changes:
+        if change.kind != "role" or change.action == "remove":
+            continue
+        name = change.name
+        spec = doc.roles[name]
+        if change.action == "create":
+            say(f"creating role {name}")
+            await create_role(session, name, spec, actor=actor)
+            counts["roles_created"] += 1
+            continue
+        say(f"updating role {name}")
+        if await store_role_spec(session, await get_role(session, name), spec, actor=actor):
+            # Recompiled now, re-signed once at the end (with every other change).
+            pending |= await refresh_templates(session, name)
+            counts["roles_updated"] += 1
+
+    # 3. Bindings: create, move `until`.
+    stored = {binding_identity(b.spec): b for b in await stored_bindings(session)}
+    wanted_bindings = {binding_identity(b): b for b in doc.bindings}
+    resigned: set[int] = set()
+    for identity, spec in wanted_bindings.items():
+        label = f"{spec.selector} -> {spec.account}/{spec.role}"
+        have = stored.get(identity)
+        if have is None:
+            say(f"creating binding {label}")
+            # A declared grant whose `until` already passed is stored all the same: it
+            # grants nothing, the store mirrors the file, and the next apply is a no-op.
+            await create_binding(session, spec, actor=actor, allow_ended=True)
+            counts["bindings_created"] += 1
+        elif have.spec.until != spec.until:
+            say(f"updating binding {have.id} {label}: until {spec.until}")
+            binding = await session.get_one(Binding, have.id)
+            # An end already past revokes at once (and re-signs that account).
+            resigned |= await set_binding_end(
+                session, sealer, settings, binding, spec.until, actor=actor
+            )
+            counts["bindings_updated"] += 1
+
+    # 4. Bindings, then roles, absent from the file. Who loses what is collected before
+    # the rows go and revoked in one pass below, so each account is re-signed once.
+    candidates: dict[int, set[str]] = defaultdict(set)
+    for identity, have in stored.items():
+        if identity in wanted_bindings:
+            continue
+        spec = have.spec
+        say(f"removing binding {have.id} {spec.selector} -> {spec.account}/{spec.role}")
+        binding = await session.get_one(Binding, have.id)
+        for account_id, users in (await candidates_for_binding(session, binding.id)).items():
+            candidates[account_id] |= users
+        record(
+            session,
+            actor,
+            "policy.binding.delete",
+            str(binding.id),
+            {"reason": "absent from the policy file"},
+        )
+        await session.delete(binding)
+        counts["bindings_removed"] += 1
+    await session.flush()
+    for change in plan.changes:
+        if change.kind == "role" and change.action == "remove":
+            say(f"removing role {change.name}")
+            # Its scoped keys are retired: those accounts' JWTs change.
+            pending |= await drop_role(session, await get_role(session, change.name), actor=actor)
+            counts["roles_removed"] += 1
+
+    # Changed accounts: after the roles, so that the re-sign ``update_account`` makes
+    # carries the new templates too and stands for the one at the end.
+    for change in plan.changes:
+        if change.kind == "account" and change.action == "update":
+            say(f"updating account {change.name}")
+            account = await get_account(session, change.name)
+            # The file holds the whole spec: a field it leaves out is removed.
+            changes: dict[str, Any] = {key: None for key in account.spec or {}}
+            changes.update(doc.accounts[change.name])
+            if await update_account(session, sealer, settings, account, changes, actor=actor):
+                pending.discard(account.id)
+            counts["accounts_updated"] += 1
+
+    # Accounts removed last, once nothing points at them any more.
+    deleted: set[int] = set()
+    if prune_accounts:
+        for change in plan.changes:
+            if change.kind == "account" and change.action == "remove":
+                account = await get_account(session, change.name)
+                if account.is_system or not is_managed_here(account):
+                    continue  # never planned; checked again all the same
+                say(f"removing account {change.name}")
+                await delete_account(session, sealer, settings, account, actor=actor)
+                deleted.add(account.id)
+                counts["accounts_removed"] += 1
+
+    # 5. Revoke the members who lost an account or a role.
+    if candidates:
+        say("revoking the credentials of members who lost access")
+        resigned |= await revoke_lost_access(
+            session,
+            sealer,
+            settings,
+            candidates,
+            actor=actor,
+            reason="binding removed by policy apply",
+        )
+
+    # 6. Re-sign what is left, each account once.
+    left = pending - resigned - deleted
+    if left:
+        say(f"re-signing {len(left)} account JWT(s)")
+        resigned |= await resign_accounts(session, sealer, settings, left)
+    counts["accounts_resigned"] = len(resigned)
+
+    totals = {"changes": len(plan.changes), **dict(sorted(counts.items()))}
+    record(session, actor, "policy.apply", None, totals)
+    say(
+        "applied: "
+        + ", ".join(
+            f"{key.replace('_', ' ').replace('resigned', 're-signed')} {n}"
+            for key, n in totals.items()
+        )
+    )
+    return plan

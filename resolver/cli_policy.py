@@ -286,7 +286,11 @@ def _binding_line(row: dict[str, Any]) -> str:
 @binding.command("list")
 @config_option
 @click.option("--account", "account_name", default=None, help="Only this account's bindings.")
-def binding_list(config: Path | None, account_name: str | None) -> None:
+@click.option("--role", "role_name", default=None, help="Only bindings granting this role.")
+@click.option("--group", default=None, help="Only this group's (SCIM id or displayName).")
+def binding_list(
+    config: Path | None, account_name: str | None, role_name: str | None, group: str | None
+) -> None:
     """List bindings: id, account, role, who, until."""
     from resolver.policy.manage import binding_json, list_bindings
 
@@ -294,10 +298,40 @@ def binding_list(config: Path | None, account_name: str | None) -> None:
 
     async def go() -> None:
         async with cli_session(settings) as session:
-            for row in await list_bindings(session, account=account_name):
+            rows = await list_bindings(session, account=account_name, role=role_name, group=group)
+            for row in rows:
                 click.echo(_binding_line(await binding_json(session, row)))
 
     run(go())
+
+
+@binding.command("update")
+@config_option
+@click.argument("binding_id", type=int)
+@click.option("--until", default=None, help="New end time, ISO 8601 with a zone (…Z).")
+@click.option("--no-end", is_flag=True, help="Remove the end time: the grant lasts.")
+def binding_update(config: Path | None, binding_id: int, until: str | None, no_end: bool) -> None:
+    """Move binding ID's end time; an end in the past revokes its members at once."""
+    from resolver.policy.document import parse_until
+    from resolver.policy.manage import get_binding, set_binding_end
+
+    if (until is None) == (not no_end):
+        raise click.UsageError("give exactly one of --until or --no-end")
+    ends_at = parse_until(until, "--until") if until is not None else None
+    settings = settings_from(config)
+    sealer = sealer_of(settings)
+
+    async def go() -> int:
+        async with cli_session(settings) as session, session.begin():
+            target = await get_binding(session, binding_id)
+            resigned = await set_binding_end(
+                session, sealer, settings, target, ends_at, actor=cli_actor()
+            )
+            return len(resigned)
+
+    resigned = run(go())
+    end = ends_at.isoformat() if ends_at is not None else "none"
+    click.echo(f"binding {binding_id}: ends {end} ({resigned} account JWT(s) re-signed)")
 
 
 @binding.command("delete")

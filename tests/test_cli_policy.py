@@ -260,6 +260,50 @@ def test_user_creds_for_a_person(config: str, tmp_path: Path) -> None:
     assert claims["exp"] - claims["iat"] == 3600
 
 
+def test_binding_update_and_list_filters(config: str, tmp_path: Path) -> None:
+    invoke("policy", "apply", str(EXAMPLE), "--config", config)
+    add_member(config, "alice", "NATS Orders Readers")
+    creds = tmp_path / "alice.creds"
+    invoke(
+        "user-creds", "--account", "ORDERS", "--user", "alice", "--out", str(creds),
+        "--config", config,
+    )  # fmt: skip
+    user_key = decode(parse_creds(creds.read_text())[0]).subject
+    listing = invoke("binding", "list", "--role", "orders-reader", "--config", config)
+    rows = [line.split("\t") for line in listing.splitlines()]
+    assert [row[3] for row in rows] == ["group NATS Orders Readers", "group Contractors"]
+    only = invoke("binding", "list", "--group", "nats orders readers", "--config", config)
+    assert len(only.splitlines()) == 1
+    binding_id = only.split("\t")[0]
+    assert "no role named" in fails("binding", "list", "--role", "nope", "--config", config)
+
+    assert "exactly one of --until or --no-end" in fails(
+        "binding", "update", binding_id, "--config", config, code=2
+    )
+    out = invoke(
+        "binding", "update", binding_id, "--until", "2099-01-01T00:00:00Z", "--config", config
+    )
+    assert out.strip() == (
+        f"binding {binding_id}: ends 2099-01-01T00:00:00+00:00 (0 account JWT(s) re-signed)"
+    )
+    # An end in the past is a removal from the group: alice's key is revoked at once.
+    out = invoke(
+        "binding", "update", binding_id, "--until", "2020-01-01T00:00:00Z", "--config", config
+    )
+    assert out.strip().endswith("(1 account JWT(s) re-signed)")
+
+    async def revoked(session: Any) -> Any:
+        orders = await session.scalar(select(Account).where(Account.name == "ORDERS"))
+        return decode(orders.jwt).claims["nats"].get("revocations", {})
+
+    assert user_key in query(config, revoked)
+    out = invoke("binding", "update", binding_id, "--no-end", "--config", config)
+    assert out.startswith(f"binding {binding_id}: ends none")
+    # Back to what the file says (no end): the file and the store agree again.
+    out = invoke("policy", "apply", str(EXAMPLE), "--config", config, "--dry-run")
+    assert out.startswith("No changes")
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -269,6 +313,7 @@ def test_user_creds_for_a_person(config: str, tmp_path: Path) -> None:
         ["role", "list"],
         ["binding", "create"],
         ["binding", "list"],
+        ["binding", "update"],
         ["policy", "apply"],
         ["policy", "export"],
     ],

@@ -410,6 +410,32 @@ async def update_account(
     return changed
 
 
+async def store_account_spec(
+    session: AsyncSession, account: Account, spec: dict[str, Any], *, actor: Actor
+) -> bool:
+    """Replace the account's whole spec and audit it, without re-signing; False if the same.
+
+    For ``policy apply``, which holds the whole spec in the file and re-signs each account
+    once after all its changes (the caller must re-sign when this returns True).
+    """
+    if not is_managed_here(account):
+        raise ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
+    clean = validate_spec(spec)
+    before = account.spec or {}
+    if clean == before:
+        return False
+    account.spec = clean
+    await session.flush()
+    record(
+        session,
+        actor,
+        "account.update",
+        target=account.public_key,
+        details={"name": account.name, "before": before, "after": clean},
+    )
+    return True
+
+
 async def delete_account(
     session: AsyncSession, sealer: Sealer, settings: Settings, account: Account, *, actor: Actor
 ) -> None:
@@ -431,16 +457,20 @@ async def delete_account(
     account.spec = spec
     await session.flush()
     await resign_account(session, sealer, settings, account, force=True)
-    bindings = await session.scalars(select(Binding).where(Binding.account_id == account.id))
+    # Nobody can connect any more, so the members of its groups need no revocation.
+    bindings = list(await session.scalars(select(Binding).where(Binding.account_id == account.id)))
     for binding in bindings:
         await session.delete(binding)
     account.deleted_at = utcnow()
-    account.name = f"{name}~deleted~{account.id}"[:200]
+    # The suffix (never a valid account name: "~") frees the name; the name part is cut,
+    # never the suffix, so a 200-character name is freed too.
+    suffix = f"~deleted~{account.id}"
+    account.name = name[: 200 - len(suffix)] + suffix
     await session.flush()
     record(
         session,
         actor,
         "account.delete",
         target=account.public_key,
-        details={"name": name, "jti": account.jti},
+        details={"name": name, "jti": account.jti, "bindings": [b.id for b in bindings]},
     )

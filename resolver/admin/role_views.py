@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.admin.bodies import json_object
 from resolver.appkeys import SEALER, SESSIONMAKER, SETTINGS
-from resolver.db.models import Account, AccountSigningKey, Role
 from resolver.errors import ValidationError
 from resolver.http.auth import actor_of, authenticate
 from resolver.http.handling import add_routes
@@ -19,26 +14,10 @@ from resolver.policy import manage
 from resolver.policy.roles import ROLE_KEYS
 
 
-async def role_json(session: AsyncSession, role: Role) -> dict[str, Any]:
-    rows = await session.execute(
-        select(Account.name, AccountSigningKey.role_set)
-        .join(Account, Account.id == AccountSigningKey.account_id)
-        .where(AccountSigningKey.role_set.is_not(None), AccountSigningKey.retired_at.is_(None))
-    )
-    accounts = sorted({name for name, role_set in rows if role.name in role_set.split(",")})
-    return {
-        "name": role.name,
-        "spec": role.spec,
-        "accounts": accounts,
-        "created_at": role.created_at.isoformat() if role.created_at else None,
-        "updated_at": role.updated_at.isoformat() if role.updated_at else None,
-    }
-
-
 async def list_roles(request: web.Request) -> web.Response:
     await authenticate(request, "admin:read")
     async with request.app[SESSIONMAKER]() as session:
-        roles = [await role_json(session, r) for r in await manage.list_roles(session)]
+        roles = [await manage.role_json(session, r) for r in await manage.list_roles(session)]
     return web.json_response({"roles": roles})
 
 
@@ -46,7 +25,7 @@ async def get_role(request: web.Request) -> web.Response:
     await authenticate(request, "admin:read")
     async with request.app[SESSIONMAKER]() as session:
         role = await manage.get_role(session, request.match_info["name"])
-        return web.json_response(await role_json(session, role))
+        return web.json_response(await manage.role_json(session, role))
 
 
 async def create_role(request: web.Request) -> web.Response:
@@ -57,7 +36,7 @@ async def create_role(request: web.Request) -> web.Response:
         role = await manage.create_role(
             session, manage.check_role_name(name), body, actor=actor_of(request)
         )
-        answer = await role_json(session, role)
+        answer = await manage.role_json(session, role)
     return web.json_response(
         answer, status=201, headers={"Location": f"/admin/v1/roles/{role.name}"}
     )
@@ -74,7 +53,7 @@ async def replace_role(request: web.Request) -> web.Response:
         role, resigned = await manage.replace_role(
             session, app[SEALER], app[SETTINGS], name, body, actor=actor_of(request)
         )
-        answer = await role_json(session, role)
+        answer = await manage.role_json(session, role)
     if resigned:
         wake_pusher(app)
     return web.json_response({**answer, "accounts_resigned": len(resigned)})

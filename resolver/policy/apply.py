@@ -8,15 +8,15 @@ Then, in this order:
    serving the role (their accounts are re-signed later, once);
 3. bindings are created, and their ``until`` moved;
 4. bindings absent from the file are deleted, then roles absent from the file (the scoped
-   keys serving a deleted role are retired); then changed accounts are updated (their
-   re-sign carries the template changes too) and, with ``prune_accounts``, accounts absent
-   from the file are deleted;
+   keys serving a deleted role are retired); then changed accounts get their new spec
+   (stored, not signed yet) and, with ``prune_accounts``, accounts absent from the file
+   are deleted (locked out: that is their one, last signature);
 5. the members who lost an account (or a role) by those deletions are revoked, all at once,
    which re-signs each account concerned once;
 6. every other account whose JWT changed is re-signed, once.
 
-An account is signed twice only when its own settings change and members lose access to
-it in the same apply (the revocation needs the re-sign; ``update_account`` signs too).
+Every account is signed at most once, whatever changed it: a revocation's re-sign carries
+the new spec and templates too, and the final pass signs only what it has not.
 
 Nothing commits here: a failure anywhere leaves the stored state as it was.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,11 +33,11 @@ from resolver.accounts.service import (
     delete_account,
     get_account,
     is_managed_here,
-    update_account,
+    store_account_spec,
 )
 from resolver.audit.service import Actor, record
 from resolver.config import Settings
-from resolver.db.models import Binding
+from resolver.db.models import Binding, utcnow
 from resolver.policy.deprovision import (
     candidates_for_binding,
     resign_accounts,
@@ -48,9 +47,10 @@ from resolver.policy.document import PolicyDocument
 from resolver.policy.manage import (
     create_binding,
     create_role,
+    drop_binding,
     drop_role,
     get_role,
-    set_binding_end,
+    store_binding_end,
     store_role_spec,
 )
 from resolver.policy.plan import PolicyPlan, binding_identity, plan_policy, stored_bindings
@@ -80,7 +80,8 @@ async def apply_policy(
         if progress is not None:
             progress(line)
 
-    plan = await plan_policy(session, doc, prune_accounts=prune_accounts)
+    now = utcnow()
+    plan = await plan_policy(session, doc, prune_accounts=prune_accounts, now=now)
     if plan.empty:
         return plan
     counts: dict[str, int] = defaultdict(int)
@@ -114,10 +115,12 @@ async def apply_policy(
             pending |= await refresh_templates(session, name)
             counts["roles_updated"] += 1
 
-    # 3. Bindings: create, move `until`.
+    # 3. Bindings: create, move `until`. Who loses what (a binding ended or removed) is
+    # collected and revoked in one pass below, so each account is re-signed once.
     stored = {binding_identity(b.spec): b for b in await stored_bindings(session)}
     wanted_bindings = {binding_identity(b): b for b in doc.bindings}
     resigned: set[int] = set()
+    candidates: dict[int, set[str]] = defaultdict(set)
     for identity, spec in wanted_bindings.items():
         label = f"{spec.selector} -> {spec.account}/{spec.role}"
         have = stored.get(identity)
@@ -130,15 +133,18 @@ async def apply_policy(
         elif have.spec.until != spec.until:
             say(f"updating binding {have.id} {label}: until {spec.until}")
             binding = await session.get_one(Binding, have.id)
-            # An end already past revokes at once (and re-signs that account).
-            resigned |= await set_binding_end(
-                session, sealer, settings, binding, spec.until, actor=actor
-            )
+            await store_binding_end(session, binding, spec.until, actor=actor)
+            if spec.until is not None and spec.until <= now:
+                # Ended: its members are revoked like on a removal (the end-time job then
+                # has nothing left to do for it).
+                for account_id, users in (
+                    await candidates_for_binding(session, binding.id)
+                ).items():
+                    candidates[account_id] |= users
+                binding.lapsed_at = now
             counts["bindings_updated"] += 1
 
-    # 4. Bindings, then roles, absent from the file. Who loses what is collected before
-    # the rows go and revoked in one pass below, so each account is re-signed once.
-    candidates: dict[int, set[str]] = defaultdict(set)
+    # 4. Bindings, then roles, absent from the file (members read before the rows go).
     for identity, have in stored.items():
         if identity in wanted_bindings:
             continue
@@ -147,14 +153,7 @@ async def apply_policy(
         binding = await session.get_one(Binding, have.id)
         for account_id, users in (await candidates_for_binding(session, binding.id)).items():
             candidates[account_id] |= users
-        record(
-            session,
-            actor,
-            "policy.binding.delete",
-            str(binding.id),
-            {"reason": "absent from the policy file"},
-        )
-        await session.delete(binding)
+        await drop_binding(session, binding, actor=actor, reason="absent from the policy file")
         counts["bindings_removed"] += 1
     await session.flush()
     for change in plan.changes:
@@ -164,17 +163,15 @@ async def apply_policy(
             pending |= await drop_role(session, await get_role(session, change.name), actor=actor)
             counts["roles_removed"] += 1
 
-    # Changed accounts: after the roles, so that the re-sign ``update_account`` makes
-    # carries the new templates too and stands for the one at the end.
+    # Changed accounts: stored now, signed once below with everything else that changed
+    # them (a revocation's re-sign or the final one).
     for change in plan.changes:
         if change.kind == "account" and change.action == "update":
             say(f"updating account {change.name}")
             account = await get_account(session, change.name)
             # The file holds the whole spec: a field it leaves out is removed.
-            changes: dict[str, Any] = {key: None for key in account.spec or {}}
-            changes.update(doc.accounts[change.name])
-            if await update_account(session, sealer, settings, account, changes, actor=actor):
-                pending.discard(account.id)
+            if await store_account_spec(session, account, doc.accounts[change.name], actor=actor):
+                pending.add(account.id)
             counts["accounts_updated"] += 1
 
     # Accounts removed last, once nothing points at them any more.
@@ -199,7 +196,8 @@ async def apply_policy(
             settings,
             candidates,
             actor=actor,
-            reason="binding removed by policy apply",
+            reason="binding removed or ended by policy apply",
+            now=int(now.timestamp()),
         )
 
     # 6. Re-sign what is left, each account once.

@@ -10,14 +10,16 @@ nothing the second time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.db.models import Account, AccountSigningKey, Binding, Group, Role
+from resolver.db.models import Account, AccountSigningKey, Binding, Group, Role, utcnow
+from resolver.errors import ConflictError, ValidationError
 from resolver.policy.document import BindingSpec, PolicyDocument
-from resolver.policy.roles import RoleSpec, parse_role
+from resolver.policy.roles import RoleSpec, compile_template, parse_role
 
 
 def name_key(value: str) -> str:
@@ -42,6 +44,9 @@ class PolicyPlan:
     changes: list[Change] = field(default_factory=list)
     #: Accounts whose JWT the apply re-signs (and pushes).
     resign: set[str] = field(default_factory=set)
+    #: Accounts re-signed only if members lose access there (a removed or ended binding
+    #: revokes the keys of members who reach the account no other way, if they hold any).
+    may_resign: set[str] = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -53,6 +58,12 @@ class PolicyPlan:
         lines = [str(change) for change in self.changes]
         if self.resign:
             lines.append(f"account JWTs to re-sign: {', '.join(sorted(self.resign))}")
+        maybe = self.may_resign - self.resign
+        if maybe:
+            lines.append(
+                "account JWTs re-signed if members lose access (revocations): "
+                + ", ".join(sorted(maybe))
+            )
         counts = {
             a: sum(c.action == a for c in self.changes) for a in ("create", "update", "remove")
         }
@@ -120,23 +131,99 @@ async def current_state(
 
 
 async def accounts_using_roles(session: AsyncSession, role_names: set[str]) -> set[str]:
-    """Accounts with a scoped key whose role set contains one of ``role_names``."""
+    """Live accounts with a scoped key whose role set contains one of ``role_names``."""
     if not role_names:
         return set()
     rows = await session.execute(
         select(Account.name, AccountSigningKey.role_set)
         .join(Account, Account.id == AccountSigningKey.account_id)
-        .where(AccountSigningKey.role_set.is_not(None), AccountSigningKey.retired_at.is_(None))
+        .where(
+            AccountSigningKey.role_set.is_not(None),
+            AccountSigningKey.retired_at.is_(None),
+            Account.deleted_at.is_(None),
+        )
     )
     return {name for name, role_set in rows if role_names & set(role_set.split(","))}
 
 
+async def accounts_with_new_templates(
+    session: AsyncSession, roles_after: dict[str, RoleSpec], touched: set[str]
+) -> set[str]:
+    """Live accounts whose scoped keys change when the roles become ``roles_after``.
+
+    Only keys serving a ``touched`` role are looked at, exactly as ``refresh_templates``
+    does on apply: a key whose role set loses a role is retired, and a key whose compiled
+    template differs is rewritten. A role edit no template carries (a description, a
+    ``max_ttl``) re-signs nothing.
+    """
+    if not touched:
+        return set()
+    rows = await session.execute(
+        select(Account.name, AccountSigningKey.role_set, AccountSigningKey.template)
+        .join(Account, Account.id == AccountSigningKey.account_id)
+        .where(
+            AccountSigningKey.role_set.is_not(None),
+            AccountSigningKey.retired_at.is_(None),
+            Account.deleted_at.is_(None),
+        )
+    )
+    changed: set[str] = set()
+    for name, role_set, template in rows:
+        names = (role_set or "").split(",")
+        if not touched & set(names):
+            continue
+        if any(role not in roles_after for role in names):
+            changed.add(name)
+        elif compile_template([roles_after[role] for role in names]) != template:
+            changed.add(name)
+    return changed
+
+
+async def _check_accounts(
+    session: AsyncSession,
+    doc: PolicyDocument,
+    managed: dict[str, dict[str, Any]],
+    *,
+    prune_accounts: bool,
+) -> None:
+    """Refuse, before anything is planned, what the apply could only fail on half-way."""
+    if prune_accounts and not doc.accounts:
+        raise ValidationError(
+            "--prune-accounts with a policy file that declares no accounts would delete "
+            "every account: declare the accounts to keep under accounts"
+        )
+    declared = sorted(set(doc.accounts) - set(managed))
+    if declared:
+        for account in await session.scalars(
+            select(Account).where(Account.name.in_(declared), Account.deleted_at.is_(None))
+        ):
+            what = "the system account" if account.is_system else "managed elsewhere (nsc)"
+            raise ConflictError(f"accounts.{account.name}: {what}; a policy file cannot declare it")
+    for i, binding in enumerate(doc.bindings):
+        if binding.account not in doc.accounts and binding.account not in managed:
+            raise ValidationError(
+                f"bindings[{i}].account: {binding.account!r} is not an account this service "
+                "manages: declare it under accounts"
+            )
+
+
 async def plan_policy(
-    session: AsyncSession, doc: PolicyDocument, *, prune_accounts: bool = False
+    session: AsyncSession,
+    doc: PolicyDocument,
+    *,
+    prune_accounts: bool = False,
+    now: datetime | None = None,
 ) -> PolicyPlan:
-    """What applying ``doc`` would change; reads only."""
+    """What applying ``doc`` would change; reads only.
+
+    Raises ``ValidationError``/``ConflictError`` for a file the apply could not carry out
+    (an account it names that is the system account or nsc-managed, a binding to an
+    account neither declared nor stored, ``prune_accounts`` with no account declared).
+    """
     accounts, roles, bindings = await current_state(session)
+    await _check_accounts(session, doc, accounts, prune_accounts=prune_accounts)
     plan = PolicyPlan()
+    when = now or utcnow()
 
     for name, spec in sorted(doc.accounts.items()):
         if name not in accounts:
@@ -151,6 +238,7 @@ async def plan_policy(
     if prune_accounts:
         for name in sorted(set(accounts) - set(doc.accounts)):
             plan.changes.append(Change("remove", "account", name, "locks every user out"))
+            plan.resign.add(name)  # the lock-out: a last JWT allowing no connection
 
     edited: set[str] = set()
     for name, role in sorted(doc.roles.items()):
@@ -162,17 +250,21 @@ async def plan_policy(
     for name in sorted(set(roles) - set(doc.roles)):
         plan.changes.append(Change("remove", "role", name))
         edited.add(name)
-    plan.resign |= await accounts_using_roles(session, edited)
+    plan.resign |= await accounts_with_new_templates(session, doc.roles, edited)
 
     wanted = {binding_identity(b): b for b in doc.bindings}
     have = {binding_identity(b.spec): b for b in bindings}
     for identity, spec in wanted.items():
         label = f"{spec.selector} -> {spec.account}/{spec.role}"
+        ended = spec.until is not None and spec.until <= when
         if identity not in have:
-            plan.changes.append(Change("create", "binding", label))
+            detail = f"already ended {spec.until}" if ended else ""
+            plan.changes.append(Change("create", "binding", label, detail))
         elif have[identity].spec.until != spec.until:
             plan.changes.append(Change("update", "binding", label, f"until {spec.until}"))
-            plan.resign.add(spec.account)
+            if ended:
+                # Ended now: its members are revoked like on a removal.
+                plan.may_resign.add(spec.account)
     for identity, stored in have.items():
         if identity not in wanted:
             spec = stored.spec
@@ -180,7 +272,7 @@ async def plan_policy(
                 Change("remove", "binding", f"{spec.selector} -> {spec.account}/{spec.role}")
             )
             # Members who lose the account through this binding are revoked: a re-sign.
-            plan.resign.add(spec.account)
+            plan.may_resign.add(spec.account)
     return plan
 
 

@@ -192,3 +192,117 @@ async def test_unknown_account_is_404_and_external_is_409(
         headers=bearer(tokens["admin"]),
     )
     assert resp.status == 409 and "managed elsewhere" in (await resp.json())["message"]
+
+
+async def test_update_merges_top_level_fields_and_refusals_change_nothing(
+    client: TestClient, tokens: dict[str, str], sessions: Sessions
+) -> None:
+    from tests.admin.api import Api, state
+
+    api = Api(client, tokens)
+    created = await create(
+        client, tokens["admin"], name="ACME", spec={"limits": {"conn": 3}, "tags": ["a"]}
+    )
+    key = created["public_key"]
+    changed = await api.ok("PATCH", "/admin/v1/accounts/ACME", {"spec": {"description": "Acme"}})
+    # Fields not given are kept; a given field replaces the stored one whole.
+    assert changed["spec"] == {"limits": {"conn": 3}, "tags": ["a"], "description": "Acme"}
+    assert changed["resigned"] is True and changed["jti"] != created["jti"]
+    served = decode(await (await client.get(f"/jwt/v1/accounts/{key}")).text())
+    assert served.jti == changed["jti"] and served.claims["nats"]["description"] == "Acme"
+    replaced = await api.ok("PATCH", f"/admin/v1/accounts/{key}", {"spec": {"limits": {"subs": 9}}})
+    assert replaced["spec"]["limits"] == {"subs": 9}
+    assert len(await outbox_rows(sessions, key)) == 3
+
+    before = await state(sessions)
+    for body, fragment in (
+        ({}, "'spec' is required"),
+        ({"spec": None}, "'spec' is required"),
+        ({"spec": ["limits"]}, "'spec' is required"),
+        ({"spec": {"colour": "red"}}, "colour"),
+        ({"spec": {"limits": {"conn": "lots"}}}, "spec.limits.conn"),
+        ({"spec": {"tags": "a"}}, "spec.tags"),
+        ({"spec": {}, "name": "other"}, "unknown fields"),
+    ):
+        status, answer = await api.call("PATCH", "/admin/v1/accounts/ACME", body)
+        assert status == 400 and fragment in answer["message"], (body, answer)
+    assert (await api.call("PATCH", "/admin/v1/accounts/nope", {"spec": {}}))[0] == 404
+    assert (await api.call("PATCH", "/admin/v1/accounts/ACME", {"spec": {}}, token="admin:read"))[
+        0
+    ] == 403
+    assert await state(sessions) == before
+
+
+async def test_delete_locks_out_stops_serving_and_frees_the_name(
+    client: TestClient, tokens: dict[str, str], sessions: Sessions, operator: Operator
+) -> None:
+    from resolver.db.models import AuditEntry, Binding
+    from tests.admin.api import Api, count, state
+
+    api = Api(client, tokens)
+    created = await create(client, tokens["admin"], name="ACME", spec={"limits": {"conn": 50}})
+    key = created["public_key"]
+    await api.ok("POST", "/admin/v1/roles", {"name": "reader", "subscribe": ["a.>"]})
+    await api.ok("POST", "/admin/v1/bindings", {"account": "ACME", "role": "reader", "group": "g"})
+    async with sessions() as session, session.begin():
+        session.add(
+            Account(
+                operator_id=operator.id,
+                name="EXT",
+                public_key=new_keypair("account")[0],
+                seed_sealed=None,
+                spec={},
+            )
+        )
+
+    before = await state(sessions)
+    assert (await api.call("DELETE", "/admin/v1/accounts/ACME", token="admin:read"))[0] == 403
+    assert (await api.call("DELETE", "/admin/v1/accounts/ACME", token=None))[0] == 401
+    status, answer = await api.call("DELETE", "/admin/v1/accounts/SYS")
+    assert status == 409 and "system account" in answer["message"]
+    status, answer = await api.call("DELETE", "/admin/v1/accounts/EXT")
+    assert status == 409 and "managed elsewhere" in answer["message"]
+    assert (await api.call("DELETE", "/admin/v1/accounts/nope"))[0] == 404
+    assert await state(sessions) == before
+
+    status, answer = await api.call("DELETE", f"/admin/v1/accounts/{key}")
+    assert status == 204 and answer is None
+    # The last JWT pushed lets nobody connect, so live users are dropped at once...
+    last = (await outbox_rows(sessions, key))[-1]
+    locked = decode(last.jwt, expected_type="account").claims["nats"]["limits"]
+    assert locked.get("conn", 0) == 0 and locked.get("leaf", 0) == 0
+    # ... and after it the account is gone: not served, not listed, not found.
+    assert (await client.get(f"/jwt/v1/accounts/{key}")).status == 404
+    listed = await api.ok("GET", "/admin/v1/accounts", token="admin:read")
+    assert [a["name"] for a in listed["accounts"]] == ["EXT", "SYS"]
+    for method, body in (("GET", None), ("PATCH", {"spec": {}}), ("DELETE", None)):
+        assert (await api.call(method, "/admin/v1/accounts/ACME", body))[0] == 404, method
+        assert (await api.call(method, f"/admin/v1/accounts/{key}", body))[0] == 404, method
+    assert await count(sessions, Binding) == 0
+    async with sessions() as session:
+        audit = await session.scalar(
+            select(AuditEntry).where(AuditEntry.action == "account.delete")
+        )
+    assert audit is not None and audit.target == key and audit.details["name"] == "ACME"
+    assert len(audit.details["bindings"]) == 1
+
+    # The name can be used again, by a new account with new keys.
+    reborn = await create(client, tokens["admin"], name="ACME")
+    assert reborn["public_key"] != key and reborn["spec"] == {}
+    served = decode(await (await client.get(f"/jwt/v1/accounts/{reborn['public_key']}")).text())
+    assert served.claims["nats"]["limits"]["conn"] == -1
+
+
+async def test_a_deleted_name_of_full_length_is_freed(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    from tests.admin.api import Api
+
+    api = Api(client, tokens)
+    name = "N" * 200
+    first = await create(client, tokens["admin"], name=name)
+    assert (await api.call("DELETE", f"/admin/v1/accounts/{name}"))[0] == 204
+    second = await create(client, tokens["admin"], name=name)
+    assert second["public_key"] != first["public_key"]
+    listed = await api.ok("GET", "/admin/v1/accounts", token="admin:read")
+    assert [a["name"] for a in listed["accounts"]] == [name, "SYS"]

@@ -28,7 +28,7 @@ from resolver.db.models import (
     Role,
     User,
 )
-from resolver.errors import NotFoundError, ValidationError
+from resolver.errors import ConflictError, NotFoundError, ValidationError
 from resolver.natsjwt import decode
 from resolver.policy.apply import apply_policy
 from resolver.policy.document import parse_policy
@@ -404,3 +404,118 @@ async def test_account_and_role_change_together_sign_the_account_once(
             and k["key"] == alice.issued.signing_key
         ]  # fmt: skip
         assert served[0]["template"]["pub"]["allow"] == ["orders.us.>"]
+
+
+async def test_files_the_apply_could_not_carry_out_are_refused_up_front(
+    apply: Any, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    await apply(POLICY)
+    before = await snapshot(sessions)
+    refusals = [
+        # The system account is the service's own; a file cannot take it over.
+        (POLICY.replace("accounts:\n", "accounts:\n  SYS: {}\n"), {}, "the system account"),
+        # No accounts section: a binding must name an account that is already here.
+        (
+            "roles: {reader: {}}\nbindings:\n  - {group: G, account: NOPE, role: reader}\n",
+            {},
+            r"bindings\[0\]\.account: 'NOPE' is not an account",
+        ),
+        # Pruning against a file that declares no account would delete them all.
+        ("roles: {reader: {}}\n", {"prune_accounts": True}, "declares no accounts"),
+    ]
+    for text, options, message in refusals:
+        async with sessions() as session:
+            with pytest.raises((ValidationError, ConflictError), match=message):
+                await plan_policy(session, parse_policy(text), **options)
+        with pytest.raises((ValidationError, ConflictError), match=message):
+            await apply(text, **options)
+    assert await snapshot(sessions) == before
+    # A binding to an account stored here but left out of a file without accounts is fine.
+    plan, _ = await apply(
+        "roles: {reader: {}}\nbindings:\n  - {group: G, account: ORDERS, role: reader}\n"
+    )
+    assert "+ binding group 'G' -> ORDERS/reader" in [str(c) for c in plan.changes]
+
+
+async def test_a_declared_binding_that_already_ended_is_kept_and_grants_nothing(
+    apply: Any, sessions: async_sessionmaker[AsyncSession], sealer: Sealer, settings: Settings
+) -> None:
+    text = POLICY.replace("role: writer}", 'role: writer, until: "2020-01-01T00:00:00Z"}')
+    plan, _ = await apply(text)
+    assert (
+        "+ binding group 'Writers' -> ORDERS/writer: already ended 2020-01-01 00:00:00+00:00"
+        in [str(c) for c in plan.changes]
+    )
+    await add_member(sessions, "alice", "Writers")
+    with pytest.raises(ConflictError, match="no binding"):
+        await issue(sessions, sealer, settings, "ORDERS", "alice")
+    before = await snapshot(sessions)
+    assert (await apply(text))[0].empty
+    assert await snapshot(sessions) == before
+
+
+async def test_ending_a_binding_and_changing_the_account_sign_it_once(
+    apply: Any, sessions: async_sessionmaker[AsyncSession], sealer: Sealer, settings: Settings
+) -> None:
+    await apply(POLICY)
+    await add_member(sessions, "alice", "Writers")
+    await add_member(sessions, "bob", "Readers")
+    alice = await issue(sessions, sealer, settings, "ORDERS", "alice")
+    bob = await issue(sessions, sealer, settings, "ORDERS", "bob")
+    pushes = await outbox_count(sessions, "ORDERS")
+
+    text = POLICY.replace("description: Orders", "description: Orders v2").replace(
+        "role: writer}", 'role: writer, until: "2020-01-01T00:00:00Z"}'
+    )
+    async with sessions() as session:
+        planned = await plan_policy(session, parse_policy(text))
+    assert planned.resign == {"ORDERS"} and planned.may_resign == {"ORDERS"}
+    plan, lines = await apply(text)
+    assert [str(c) for c in plan.changes] == [
+        "~ account ORDERS: description",
+        "~ binding group 'Writers' -> ORDERS/writer: until 2020-01-01 00:00:00+00:00",
+    ]
+    assert "revoking the credentials of members who lost access" in lines
+    # The spec change and the revocation went out in one new account JWT.
+    assert await outbox_count(sessions, "ORDERS") == pushes + 1
+    async with sessions() as session:
+        orders = await get_account(session, "ORDERS")
+        claims = decode(orders.jwt or "").claims["nats"]
+        assert claims["description"] == "Orders v2"
+        assert alice.issued.public_key in claims["revocations"]
+        assert bob.issued.public_key not in claims["revocations"]
+        binding = await session.scalar(select(Binding).where(Binding.group_name == "Writers"))
+        assert binding is not None and binding.lapsed_at is not None
+    before = await snapshot(sessions)
+    assert (await apply(text))[0].empty
+    assert await snapshot(sessions) == before
+
+
+async def test_the_plan_names_only_the_accounts_that_change(
+    apply: Any, sessions: async_sessionmaker[AsyncSession], sealer: Sealer, settings: Settings
+) -> None:
+    await apply(POLICY)
+    await add_member(sessions, "alice", "Writers")
+    await issue(sessions, sealer, settings, "ORDERS", "alice")
+    pushes = await outbox_count(sessions, "ORDERS")
+    # A description and a later end: nothing any JWT carries.
+    text = POLICY.replace(
+        'writer: {publish: ["orders.>"]}',
+        'writer: {publish: ["orders.>"], description: Writes orders}',
+    ).replace("role: writer}", 'role: writer, until: "2099-01-01T00:00:00Z"}')
+    async with sessions() as session:
+        planned = await plan_policy(session, parse_policy(text))
+    assert len(planned.changes) == 2
+    assert planned.resign == set() and planned.may_resign == set()
+    assert "re-sign" not in planned.render()
+    await apply(text)
+    assert await outbox_count(sessions, "ORDERS") == pushes
+
+    # A subject change reaches alice's scoped key: ORDERS is named, and re-signed once.
+    edited = text.replace('publish: ["orders.>"]', 'publish: ["orders.eu.>"]')
+    async with sessions() as session:
+        planned = await plan_policy(session, parse_policy(edited))
+    assert planned.resign == {"ORDERS"}
+    assert "account JWTs to re-sign: ORDERS" in planned.render()
+    await apply(edited)
+    assert await outbox_count(sessions, "ORDERS") == pushes + 1

@@ -282,19 +282,10 @@ async def issue_workload_creds(
         name, user_public, issuer_account=account.public_key, exp=when + ttl_seconds
     )
     token = encode(claims, sealer.open(signer.seed_sealed), iat=when)
-    decoded = decode(token, expected_type="user")
-    issued = IssuedUserKey(
-        public_key=user_public,
-        account_id=account.id,
-        user_id=None,
-        name=name,
-        signing_key=signer.public_key,
-        jti=decoded.jti,
-        issued_at=decoded.iat,
-        expires_at=decoded.exp,
+    issued = await record_issued_key(
+        session, account, token, name=name, signing_key=signer.public_key, user_id=None
     )
-    session.add(issued)
-    await session.flush()
+    decoded = decode(token, expected_type="user")
     record(
         session,
         actor,
@@ -303,6 +294,32 @@ async def issue_workload_creds(
         details={"user_key": user_public, "name": name, "expires_at": decoded.exp},
     )
     return format_creds(token, user_seed), issued
+
+
+async def record_issued_key(
+    session: AsyncSession,
+    account: Account,
+    token: str,
+    *,
+    name: str,
+    signing_key: str,
+    user_id: str | None,
+) -> IssuedUserKey:
+    """Record a user JWT handed out: what a later revocation must cover, and until when."""
+    decoded = decode(token, expected_type="user")
+    issued = IssuedUserKey(
+        public_key=decoded.subject,
+        account_id=account.id,
+        user_id=user_id,
+        name=name,
+        signing_key=signing_key,
+        jti=decoded.jti,
+        issued_at=decoded.iat,
+        expires_at=decoded.exp,
+    )
+    session.add(issued)
+    await session.flush()
+    return issued
 
 
 async def revoke_user_key(

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from resolver.accounts.service import get_account
 from resolver.admin.bodies import json_object, optional_str, required_str
@@ -19,25 +19,41 @@ from resolver.http.handling import add_routes
 from resolver.http.pushing import wake_pusher
 from resolver.policy.explain import explain
 from resolver.policy.user_creds import issue_person_creds
+from resolver.push.pusher import DONE, PENDING
 
 #: How long an issue that created a scoped key waits for the account JWT to be pushed.
 PUSH_WAIT_SECONDS = 3.0
 
 
-async def _wait_pushed(app: web.Application, account_key: str, jti: str) -> bool:
-    """Whether the account JWT ``jti`` was pushed (within ``PUSH_WAIT_SECONDS``)."""
-    deadline = time.monotonic() + PUSH_WAIT_SECONDS
+async def _wait_pushed(app: web.Application, account_key: str, jti: str) -> bool | None:
+    """Whether the account JWT ``jti``, or a newer one of the account, was pushed.
+
+    False when the push failed or did not finish within the wait (the pusher keeps trying);
+    None when this process does not push at all (NATS disabled: another process will).
+    """
+    settings = app[SETTINGS]
+    if not settings.nats.enabled:
+        return None
+    # A push waits ``push_timeout`` for replies; leave room for a retry or two.
+    deadline = time.monotonic() + max(PUSH_WAIT_SECONDS, 2 * settings.nats.push_timeout)
     while True:
         async with app[SESSIONMAKER]() as session:
-            status = await session.scalar(
-                select(PushOutbox.status)
-                .where(PushOutbox.account_key == account_key, PushOutbox.jti == jti)
-                .order_by(PushOutbox.id.desc())
-                .limit(1)
+            ours = await session.scalar(
+                select(func.min(PushOutbox.id)).where(
+                    PushOutbox.account_key == account_key, PushOutbox.jti == jti
+                )
             )
-        if status in ("done", "superseded"):
+            statuses = set(
+                await session.scalars(
+                    select(PushOutbox.status).where(
+                        PushOutbox.account_key == account_key, PushOutbox.id >= (ours or 0)
+                    )
+                )
+            )
+        # A newer JWT of the account carries the new key too; its push counts as well.
+        if ours is not None and DONE in statuses:
             return True
-        if time.monotonic() > deadline:
+        if ours is None or PENDING not in statuses or time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.02)
 
@@ -47,7 +63,12 @@ async def issue_credentials(request: web.Request) -> web.Response:
     body = await json_object(request, allowed={"account", "ttl", "public_key"})
     account_ref = required_str(body, "account")
     public_key = optional_str(body, "public_key")
-    ttl = parse_duration(body["ttl"]) if body.get("ttl") is not None else None
+    ttl = None
+    if body.get("ttl") is not None:
+        try:
+            ttl = parse_duration(body["ttl"])
+        except ValidationError as exc:
+            raise ValidationError(f"ttl: {exc}") from None
     app = request.app
     async with app[SESSIONMAKER]() as session, session.begin():
         account = await get_account(session, account_ref)

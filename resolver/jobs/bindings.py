@@ -20,7 +20,7 @@ from resolver.config import Settings
 from resolver.db.models import Binding, utcnow
 from resolver.http.pushing import wake_pusher
 from resolver.jobs.scheduler import add_job
-from resolver.policy.deprovision import candidates_for_binding, revoke_lost_access
+from resolver.policy.deprovision import revoke_binding_members
 from resolver.sealing import Sealer
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,13 @@ async def lapse_ended_bindings(
             )
             if binding is None:
                 continue
-            candidates = await candidates_for_binding(session, binding.id)
-            resigned = await revoke_lost_access(
+            resigned, members = await revoke_binding_members(
                 session,
                 sealer,
                 settings,
-                candidates,
+                binding.id,
                 actor=SYSTEM,
                 reason=f"binding {binding.id} ended",
-                exclude_bindings={binding.id},
                 now=int(when.timestamp()),
             )
             binding.lapsed_at = when
@@ -84,7 +82,7 @@ async def lapse_ended_bindings(
                 target=str(binding.id),
                 details={
                     "ends_at": binding.ends_at.isoformat() if binding.ends_at else None,
-                    "members": sum(len(users) for users in candidates.values()),
+                    "members": members,
                     "accounts_resigned": sorted(resigned),
                 },
             )

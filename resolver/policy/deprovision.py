@@ -318,3 +318,31 @@ async def accounts_with_live_keys(
         .distinct()
     )
     return set(rows)
+
+
+async def revoke_binding_members(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    binding_id: int,
+    *,
+    actor: Actor,
+    reason: str,
+    now: int | None = None,
+) -> tuple[set[int], int]:
+    """Revoke the members who lose the account with this binding (being deleted or ended).
+
+    Returns the ids of the accounts re-signed and how many members were considered.
+    """
+    candidates = await candidates_for_binding(session, binding_id)
+    resigned = await revoke_lost_access(
+        session,
+        sealer,
+        settings,
+        candidates,
+        actor=actor,
+        reason=reason,
+        exclude_bindings={binding_id},
+        now=now,
+    )
+    return resigned, sum(len(users) for users in candidates.values())

@@ -24,15 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resolver.accounts.service import get_account, is_managed_here
 from resolver.audit.service import Actor, record
 from resolver.config import Settings
-from resolver.db.models import Account, AccountSigningKey, Binding, Group, Role, utcnow
+from resolver.db.models import Account, Binding, Group, Role, utcnow
 from resolver.errors import ConflictError, NotFoundError, ValidationError
-from resolver.policy.deprovision import (
-    candidates_for_binding,
-    resign_accounts,
-    revoke_lost_access,
-)
+from resolver.policy.deprovision import resign_accounts, revoke_binding_members
 from resolver.policy.document import BindingSpec
-from resolver.policy.plan import name_key
+from resolver.policy.plan import accounts_using_roles, name_key
 from resolver.policy.roles import RoleSpec, parse_role
 from resolver.policy.scoped_keys import refresh_templates
 from resolver.sealing import Sealer
@@ -184,17 +180,7 @@ async def accounts_using_role(session: AsyncSession, role: Role) -> list[str]:
             .where(Binding.role_id == role.id, Account.deleted_at.is_(None))
         )
     )
-    rows = await session.execute(
-        select(Account.name, AccountSigningKey.role_set)
-        .join(Account, Account.id == AccountSigningKey.account_id)
-        .where(
-            AccountSigningKey.role_set.is_not(None),
-            AccountSigningKey.retired_at.is_(None),
-            Account.deleted_at.is_(None),
-        )
-    )
-    keyed = {name for name, role_set in rows if role.name in (role_set or "").split(",")}
-    return sorted(bound | keyed)
+    return sorted(bound | await accounts_using_roles(session, {role.name}))
 
 
 async def role_json(session: AsyncSession, role: Role) -> dict[str, Any]:
@@ -349,15 +335,8 @@ async def remove_binding(
     """
     # The members are read before the row goes; what it granted is excluded from the
     # "do they still reach the account?" check.
-    candidates = await candidates_for_binding(session, binding.id)
-    resigned = await revoke_lost_access(
-        session,
-        sealer,
-        settings,
-        candidates,
-        actor=actor,
-        reason=f"{reason} ({binding.id})",
-        exclude_bindings={binding.id},
+    resigned, _ = await revoke_binding_members(
+        session, sealer, settings, binding.id, actor=actor, reason=f"{reason} ({binding.id})"
     )
     await drop_binding(session, binding, actor=actor, reason=reason)
     return resigned
@@ -406,14 +385,13 @@ async def set_binding_end(
     when = now or utcnow()
     if ends_at is None or ends_at > when:
         return set()
-    resigned = await revoke_lost_access(
+    resigned, _ = await revoke_binding_members(
         session,
         sealer,
         settings,
-        await candidates_for_binding(session, binding.id),
+        binding.id,
         actor=actor,
         reason=f"binding {binding.id} ended",
-        exclude_bindings={binding.id},
         now=int(when.timestamp()),
     )
     # Handled here and now: the end-time job need not handle it again.

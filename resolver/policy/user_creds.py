@@ -18,6 +18,7 @@ from resolver.accounts.service import (
     MIN_CREDS_TTL,
     is_managed_here,
     lock_account,
+    record_issued_key,
     resign_account,
 )
 from resolver.audit.service import Actor, record
@@ -25,7 +26,6 @@ from resolver.config import Settings
 from resolver.db.models import Account, IssuedUserKey, Revocation, User
 from resolver.errors import ConflictError, NotFoundError, ValidationError
 from resolver.natsjwt import (
-    decode,
     encode,
     format_creds,
     is_public_key,
@@ -110,13 +110,14 @@ async def issue_person_creds(
     role_names = sorted({g.role for g in grants})
     groups = tuple(sorted({g.group_name for g in grants}))
     cap = max_ttl(await load_roles(session, role_names))
-    if ttl_seconds is None:
-        ttl_seconds = min(DEFAULT_TTL, cap)
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
-        raise ValidationError("ttl must be a whole number of seconds")
-    if ttl_seconds < MIN_CREDS_TTL:
-        raise ValidationError(f"ttl must be at least {MIN_CREDS_TTL} seconds")
-    ttl_seconds = min(ttl_seconds, cap)
+    if ttl_seconds is not None:
+        if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+            raise ValidationError("ttl must be a whole number of seconds")
+        if ttl_seconds < MIN_CREDS_TTL:
+            raise ValidationError(f"ttl must be at least {MIN_CREDS_TTL} seconds")
+    # The roles' cap wins over what was asked, even below MIN_CREDS_TTL: a role whose
+    # max_ttl is 30 s means exactly that, and refusing every issue would help nobody.
+    ttl_seconds = min(DEFAULT_TTL if ttl_seconds is None else ttl_seconds, cap)
 
     key, created = await scoped_key_for(session, sealer, account, role_names)
     if created:
@@ -135,6 +136,18 @@ async def issue_person_creds(
         # A JWT issued for it in the entry's second would be born revoked, and a key that
         # was revoked once should not come back anyway.
         raise ConflictError("that public key was revoked in this account: make a new key")
+    elif await session.scalar(
+        select(IssuedUserKey.id).where(
+            IssuedUserKey.account_id == account.id,
+            IssuedUserKey.public_key == public_key,
+            or_(IssuedUserKey.user_id.is_(None), IssuedUserKey.user_id != user.id),
+        )
+    ):
+        # Revocation is by public key: sharing one with another person or a workload would
+        # let one's deprovisioning cut the other off (and leave them to share the access).
+        raise ConflictError(
+            "that public key was issued to someone else in this account: make a new key"
+        )
     claims = user_claims(
         user.user_name,
         public_key,
@@ -144,19 +157,9 @@ async def issue_person_creds(
         scoped=True,
     )
     token = encode(claims, sealer.open(key.seed_sealed), iat=when)
-    decoded = decode(token, expected_type="user")
-    issued = IssuedUserKey(
-        public_key=public_key,
-        account_id=account.id,
-        user_id=user.id,
-        name=user.user_name,
-        signing_key=key.public_key,
-        jti=decoded.jti,
-        issued_at=decoded.iat,
-        expires_at=decoded.exp,
+    issued = await record_issued_key(
+        session, account, token, name=user.user_name, signing_key=key.public_key, user_id=user.id
     )
-    session.add(issued)
-    await session.flush()
     record(
         session,
         actor,
@@ -169,7 +172,7 @@ async def issue_person_creds(
             "roles": role_names,
             "groups": list(groups),
             "signing_key": key.public_key,
-            "expires_at": decoded.exp,
+            "expires_at": issued.expires_at,
         },
     )
     return PersonCreds(

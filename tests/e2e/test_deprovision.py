@@ -9,8 +9,8 @@ credentials from the admin API, connects (with reconnect on), may publish on ``o
 and is refused on ``billing.new``. Then each way of losing access, separately, must close
 her live connection (the server says the credentials were revoked), leave her client unable
 to reconnect, refuse a fresh connect with the same creds, and name her key, and only hers,
-in the account's revocations. Losing one of two groups bound to the account must do none of
-that.
+in the account's revocations. Deleting the account drops everyone in it. Losing one of two
+groups bound to the account must do none of that.
 """
 
 from __future__ import annotations

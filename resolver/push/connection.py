@@ -133,6 +133,9 @@ class SystemConnection:
             raise ConfigError("nats.tls_ca", f"cannot load TLS files: {exc}") from None
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
+        # (server id, subject) pairs that answered pushes before: once all of them have
+        # answered a push, waiting longer only delays the next one (a removal behind it).
+        self._answering: set[tuple[str, str]] = set()
         # Log a failure once per outage, not once per reconnect attempt.
         self._failing = False
 
@@ -216,10 +219,15 @@ class SystemConnection:
                 await self._client.close()
 
     async def push_claims(self, account_key: str, jwt: str, gather_for: float) -> list[ServerReply]:
-        """Send ``jwt`` on both update subjects; every reply that arrives within ``gather_for`` s.
+        """Send ``jwt`` on both update subjects; the replies, gathered for ``gather_for`` s at
+        most, or until every server that answered earlier pushes has answered this one.
 
         ``nc.request`` returns only the first reply, but every server answers, so the
-        request is a publish with a private inbox that collects until the deadline.
+        request is a publish with a private inbox that collects replies. Stopping early
+        changes nothing for the servers (each applies the update when it gets it); it only
+        lets the next push (often the next revocation) go out at once. A server that joins
+        is waited for from its first answer on; one that stops answering is forgotten after
+        one full wait.
         """
         client = self._client
         if client is None or not client.is_connected:
@@ -232,11 +240,17 @@ class SystemConnection:
             f"{inbox}.c": CLAIMS_UPDATE_SUBJECT,
         }
         replies: list[ServerReply] = []
+        expected = set(self._answering)
+        seen: set[tuple[str, str]] = set()
+        everyone = asyncio.Event()
 
         async def collect(msg: Msg) -> None:
             reply = parse_reply(subjects.get(msg.subject, msg.subject), msg.data)
             if reply is not None:
                 replies.append(reply)
+                seen.add((reply.server_id, msg.subject[-1]))
+                if expected and expected <= seen:
+                    everyone.set()
 
         payload = jwt.encode("ascii")
         try:
@@ -245,10 +259,12 @@ class SystemConnection:
                 for reply_to, subject in subjects.items():
                     await client.publish(subject, payload, reply=reply_to)
                 await client.flush(timeout=max(1, int(gather_for + 0.999)))
-                await asyncio.sleep(gather_for)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(everyone.wait(), gather_for)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+            self._answering = seen
         except MaxPayloadError:
             raise PushRejectedError(
                 f"the JWT ({len(payload)} bytes) exceeds the server's max_payload"

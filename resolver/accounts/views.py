@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -67,23 +67,27 @@ async def accounts_root(request: web.Request) -> web.Response:
     )
 
 
-def serve_cached_jwt(request: web.Request) -> web.Response | None:
-    """What nats-server sends (no query, no conditional header) for a cached account.
+def cached_jwt_server(cache: AccountJWTCache) -> Callable[[web.Request], web.Response | None]:
+    """The fast path of ``get_account_jwt`` (see ``with_fast_path``) over ``cache``.
 
-    The fast path of ``get_account_jwt`` (see ``with_fast_path``), kept lean on purpose:
-    bench/resolver_get.py compares it with a bare aiohttp handler. No key check: only valid
-    keys are ever cached, so a malformed one misses and the handler refuses it. raw_path,
-    because query_string would build a yarl URL on every request.
+    It answers what nats-server sends (no query, no conditional header) for a cached
+    account, and is kept lean on purpose: bench/resolver_get.py compares it with a bare
+    aiohttp handler. The cache is bound here rather than looked up on the app per request.
+    No key check: only valid keys are ever cached, so a malformed one misses and the
+    handler refuses it. raw_path, because query_string would build a yarl URL each time.
     """
-    if "?" in request.raw_path or "If-None-Match" in request.headers:
-        return None
-    served = request.app[JWT_CACHE].get(request.match_info["key"])
-    if served is None:
-        return None
-    return web.Response(body=served.body, headers=served.headers(int(time.time())))
+
+    def serve_cached_jwt(request: web.Request) -> web.Response | None:
+        if "?" in request.raw_path or "If-None-Match" in request.headers:
+            return None
+        served = cache.get(request.match_info["key"])
+        if served is None:
+            return None
+        return web.Response(body=served.body, headers=served.headers(int(time.time())))
+
+    return serve_cached_jwt
 
 
-@with_fast_path(serve_cached_jwt)
 async def get_account_jwt(request: web.Request) -> web.Response:
     key = _account_key(request)
     served = await served_jwt(request.app, key)
@@ -163,8 +167,6 @@ def _text_error(request: web.Request, status: int, code: str, message: str) -> w
 
 async def jwt_cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """The JWT cache, wired into every session of the app, and on PostgreSQL its listener."""
-    if JWT_CACHE not in app:
-        app[JWT_CACHE] = AccountJWTCache()
     cache = app[JWT_CACHE]
     # Sessions carry the cache so a commit that changed a JWT drops it (changes.py).
     app[SESSIONMAKER].configure(info={CACHE_INFO_KEY: cache})
@@ -185,14 +187,17 @@ async def jwt_cache_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def setup(app: web.Application) -> None:
     register_error_renderer(app, "/jwt/", _text_error)
+    if JWT_CACHE not in app:
+        app[JWT_CACHE] = AccountJWTCache()
     app.cleanup_ctx.append(jwt_cache_ctx)
+    account_jwt = with_fast_path(get_account_jwt, cached_jwt_server(app[JWT_CACHE]))
     add_routes(
         app,
         [
             web.get("/jwt/v1/help", get_help),
             web.get("/jwt/v1/accounts/", accounts_root),
             web.get("/jwt/v1/accounts", accounts_root),
-            web.get("/jwt/v1/accounts/{key}", get_account_jwt),
+            web.get("/jwt/v1/accounts/{key}", account_jwt),
             web.post("/jwt/v1/accounts/{key}", post_account_jwt),
             web.get("/jwt/v1/operator", get_operator_jwt),
             # nsc pull asks the v2 path first; the operator JWT is the same on both.

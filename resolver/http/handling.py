@@ -43,15 +43,18 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-def with_fast_path(fast: FastPath) -> Callable[[Handler], Handler]:
-    """Decorate a handler with ``fast``: tried first; it must not raise or log, and returns
+def with_fast_path(handler: Handler, fast: FastPath) -> Handler:
+    """``handler`` with ``fast`` tried first (a new function: the same handler may serve
+    several apps, each with its own fast path). ``fast`` must not raise or log, and returns
     None for anything but the plain case, which the handler then serves as usual."""
 
-    def decorate(handler: Handler) -> Handler:
-        setattr(handler, _FAST_PATH_ATTR, fast)
-        return handler
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
 
-    return decorate
+    setattr(handle, _FAST_PATH_ATTR, fast)
+    handle.__name__ = getattr(handler, "__name__", "handler")
+    handle.__doc__ = handler.__doc__
+    return handle
 
 
 def _access_log(request: web.Request, status: int, started: float) -> None:

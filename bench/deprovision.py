@@ -269,7 +269,7 @@ async def main(args: argparse.Namespace) -> None:
                 rows.append(("    the PATCH itself: p50 / p99 ms", stats_ms(r["patch"]), note))
             rows.append(
                 ("SCIM response -> disconnect, right after another removal: p50 / p99 ms",
-                 stats_ms(busy), "waits for the pusher's round (push_timeout 0.5 s)")
+                 stats_ms(busy), "the previous push's round ends on its last reply")
             )  # fmt: skip
             if args.accounts:
                 change = await role_change(api, stack, args.accounts)
@@ -281,7 +281,7 @@ async def main(args: argparse.Namespace) -> None:
                 )  # fmt: skip
                 rows.append(
                     ("    last outbox row done s", f"{change['done']:7.2f}",
-                     "push_timeout 0.5 s per round of 50 accounts")
+                     "rounds of 50 accounts, each ends on its last reply")
                 )  # fmt: skip
     finally:
         stack.stop()

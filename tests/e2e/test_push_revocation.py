@@ -93,9 +93,9 @@ async def stack(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     settings: Settings,
-    operator: Operator,  # noqa: F811
-    system_account: Account,  # noqa: F811
-    sys_creds: Path,  # noqa: F811
+    operator: Operator,
+    system_account: Account,
+    sys_creds: Path,
     aiohttp_server: Callable[..., Any],
 ) -> AsyncIterator[Stack]:
     """The service (in process, on 127.0.0.1) and two clustered nats-servers."""
@@ -161,14 +161,14 @@ async def _committed_push(stack: Stack, account_key: str) -> Any:
     return await wait_for(done, what=f"the push of {account_key}")
 
 
-async def _create_account(stack: Stack, sealer: Sealer, name: str) -> Account:  # noqa: F811
+async def _create_account(stack: Stack, sealer: Sealer, name: str) -> Account:
     async with stack.sessions() as session, session.begin():
         account = await create_account(session, sealer, stack.settings, name=name, actor=ADMIN)
     wake_pusher(stack.app)
     return account
 
 
-async def _issue(stack: Stack, sealer: Sealer, account_name: str, name: str) -> tuple[Path, str]:  # noqa: F811
+async def _issue(stack: Stack, sealer: Sealer, account_name: str, name: str) -> tuple[Path, str]:
     async with stack.sessions() as session, session.begin():
         account = await get_account(session, account_name)
         creds, issued = await issue_workload_creds(
@@ -180,7 +180,7 @@ async def _issue(stack: Stack, sealer: Sealer, account_name: str, name: str) -> 
     return path, issued.public_key
 
 
-async def _revoke(stack: Stack, sealer: Sealer, account_name: str, user_key: str) -> str:  # noqa: F811
+async def _revoke(stack: Stack, sealer: Sealer, account_name: str, user_key: str) -> str:
     async with stack.sessions() as session, session.begin():
         account = await get_account(session, account_name)
         await revoke_user_key(
@@ -193,8 +193,8 @@ async def _revoke(stack: Stack, sealer: Sealer, account_name: str, user_key: str
 
 async def test_revocation_closes_the_live_connection_and_refuses_new_ones(
     stack: Stack,
-    sealer: Sealer,  # noqa: F811
-    tokens: dict[str, str],  # noqa: F811
+    sealer: Sealer,
+    tokens: dict[str, str],
 ) -> None:
     account = await _create_account(stack, sealer, "orders")
     # A full resolver only learns accounts by push: it must have landed before a connect.
@@ -286,7 +286,7 @@ async def test_revocation_closes_the_live_connection_and_refuses_new_ones(
 
 async def test_outage_three_updates_then_restart_the_last_one_wins(
     stack: Stack,
-    sealer: Sealer,  # noqa: F811
+    sealer: Sealer,
 ) -> None:
     account = await _create_account(stack, sealer, "billing")
     await _committed_push(stack, account.public_key)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.app import create_app
 from resolver.config import Settings
-from resolver.db.engine import create_sessionmaker
 from resolver.db.models import Binding, Group, GroupMember, User, utcnow
 from resolver.jobs.bindings import lapse_ended_bindings
 from resolver.jobs.scheduler import JOBS
-from resolver.sealing import Sealer, load_master_key
+from resolver.sealing import Sealer
+from tests.accounts.conftest import sealer, sessions  # noqa: F401  (fixtures)
 from tests.policy.deprovision_world import (
     audits,
     bind,
@@ -24,16 +23,6 @@ from tests.policy.deprovision_world import (
     served_revocations,
     setup_operator_account,
 )
-
-
-@pytest.fixture
-def sealer(settings: Settings) -> Sealer:
-    return Sealer(load_master_key(settings.master_key_path))
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return create_sessionmaker(engine)
 
 
 async def test_ended_binding_is_a_removal_handled_once(

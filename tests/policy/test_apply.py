@@ -7,13 +7,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from resolver.accounts.operator import create_operator
 from resolver.accounts.service import create_account, get_account
 from resolver.audit.service import Actor
 from resolver.config import Settings
-from resolver.db.engine import create_sessionmaker
 from resolver.db.models import (
     Account,
     AccountSigningKey,
@@ -22,7 +20,6 @@ from resolver.db.models import (
     Group,
     GroupMember,
     IssuedUserKey,
-    Operator,
     PushOutbox,
     Revocation,
     Role,
@@ -34,7 +31,8 @@ from resolver.policy.apply import apply_policy
 from resolver.policy.document import parse_policy
 from resolver.policy.plan import PolicyPlan, export_policy, plan_policy
 from resolver.policy.user_creds import issue_person_creds
-from resolver.sealing import Sealer, load_master_key
+from resolver.sealing import Sealer
+from tests.accounts.conftest import operator, sealer, sessions  # noqa: F401  (fixtures)
 
 ADMIN = Actor("test-admin")
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "policy.example.yaml"
@@ -49,31 +47,6 @@ bindings:
   - {group: Readers, account: ORDERS, role: reader}
   - {group: Writers, account: ORDERS, role: writer}
 """
-
-
-@pytest.fixture
-def sealer(settings: Settings) -> Sealer:
-    return Sealer(load_master_key(settings.master_key_path))
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return create_sessionmaker(engine)
-
-
-@pytest.fixture
-async def operator(
-    sessions: async_sessionmaker[AsyncSession], sealer: Sealer, settings: Settings
-) -> Operator:
-    """The operator, its signing key and the system account, as ``init`` makes them."""
-    async with sessions() as session, session.begin():
-        return await create_operator(
-            session,
-            sealer,
-            name="test-operator",
-            account_server_url=f"{settings.public_url}/jwt/v1",
-            account_jwt_ttl=settings.accounts.jwt_ttl_seconds,
-        )
 
 
 @pytest.fixture

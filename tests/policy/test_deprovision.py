@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.config import Settings
-from resolver.db.engine import create_sessionmaker
 from resolver.db.models import Group, GroupMember, IssuedUserKey, User
 from resolver.policy.deprovision import (
     candidates_for_binding,
     resign_accounts,
     revoke_lost_access,
 )
-from resolver.sealing import Sealer, load_master_key
+from resolver.sealing import Sealer
+from tests.accounts.conftest import sealer, sessions  # noqa: F401  (fixtures)
 from tests.policy.deprovision_world import (
     ADMIN,
     account_row,
@@ -28,16 +27,6 @@ from tests.policy.deprovision_world import (
     served_revocations,
     setup_operator_account,
 )
-
-
-@pytest.fixture
-def sealer(settings: Settings) -> Sealer:
-    return Sealer(load_master_key(settings.master_key_path))
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return create_sessionmaker(engine)
 
 
 async def _people(session: AsyncSession, *names: str) -> list[str]:

@@ -43,10 +43,10 @@ AUDITOR = {"subscribe": ["audit.>"]}
 
 @pytest.fixture
 async def ids(
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
-    operator: Any,  # noqa: F811
+    operator: Any,
 ) -> dict[str, int]:
     """ORDERS; eng and ops (alice) → orders-writer, auditors (alice, bob) → auditor,
     dave (inactive) in eng, carol in no group. The binding ids by group."""
@@ -81,14 +81,14 @@ async def ids(
         return {group: binding.id for group, binding in bindings.items()}
 
 
-async def ask(sessions: Sessions, user: str, subject: str, op: str = "pub") -> dict[str, Any]:  # noqa: F811
+async def ask(sessions: Sessions, user: str, subject: str, op: str = "pub") -> dict[str, Any]:
     async with sessions() as session:
         return await explain(session, user, "ORDERS", subject, op)
 
 
 async def test_allowed_names_the_group_binding_role_and_rule(
     ids: dict[str, int],
-    sessions: Sessions,  # noqa: F811
+    sessions: Sessions,
 ) -> None:
     eng, ops = ids["eng"], ids["ops"]
     via = f"group 'eng' (binding {eng}) and group 'ops' (binding {ops})"
@@ -136,7 +136,7 @@ async def test_allowed_names_the_group_binding_role_and_rule(
     )
 
 
-async def test_denied_says_why(ids: dict[str, int], sessions: Sessions) -> None:  # noqa: F811
+async def test_denied_says_why(ids: dict[str, int], sessions: Sessions) -> None:
     eng, ops = ids["eng"], ids["ops"]
     denied = await ask(sessions, "alice", "orders.admin.reset")
     assert denied["allowed"] is False
@@ -201,7 +201,7 @@ async def test_denied_says_why(ids: dict[str, int], sessions: Sessions) -> None:
 )
 async def test_bad_questions(
     ids: dict[str, int],
-    sessions: Sessions,  # noqa: F811
+    sessions: Sessions,
     user: str,
     account: str,
     subject: str,
@@ -216,8 +216,8 @@ async def test_bad_questions(
 
 async def test_the_explain_endpoint(
     ids: dict[str, int],
-    client: TestClient,  # noqa: F811
-    tokens: dict[str, str],  # noqa: F811
+    client: TestClient,
+    tokens: dict[str, str],
 ) -> None:
     async def get(params: dict[str, str], token: str | None = "admin:read") -> tuple[int, Any]:
         headers = bearer(tokens[token]) if token else {}

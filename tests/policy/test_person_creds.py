@@ -51,7 +51,7 @@ FLEETING = {"subscribe": ["ticks.>"], "max_ttl": "30s"}
 
 
 @pytest.fixture
-async def world(sessions: Sessions, sealer: Sealer, settings: Settings, operator: Any) -> None:  # noqa: F811
+async def world(sessions: Sessions, sealer: Sealer, settings: Settings, operator: Any) -> None:
     """Account ORDERS; eng (alice, bob, dave inactive) → writer, audit (alice) → reader,
     ticks (erin) → fleeting, a lapsed binding for frank, carol in no group."""
     async with sessions() as session, session.begin():
@@ -99,8 +99,8 @@ async def world(sessions: Sessions, sealer: Sealer, settings: Settings, operator
 
 
 async def issue(
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
     user: str,
     ttl: int | None = None,
@@ -122,7 +122,7 @@ async def issue(
         )
 
 
-async def account_state(sessions: Sessions) -> tuple[dict[str, Any], int]:  # noqa: F811
+async def account_state(sessions: Sessions) -> tuple[dict[str, Any], int]:
     """The stored account JWT's claims and the number of outbox rows for the account."""
     async with sessions() as session:
         account = await get_account(session, "ORDERS")
@@ -132,7 +132,7 @@ async def account_state(sessions: Sessions) -> tuple[dict[str, Any], int]:  # no
         return decode(account.jwt or "", expected_type="account").claims, int(rows or 0)
 
 
-async def counts(sessions: Sessions) -> tuple[int, int]:  # noqa: F811
+async def counts(sessions: Sessions) -> tuple[int, int]:
     """Issued keys and ``policy.user.issue`` audit rows."""
     async with sessions() as session:
         issued = await session.scalar(select(func.count()).select_from(IssuedUserKey))
@@ -144,8 +144,8 @@ async def counts(sessions: Sessions) -> tuple[int, int]:  # noqa: F811
 
 async def test_the_user_jwt_is_signed_by_the_scoped_key_of_the_role_set(
     world: None,
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
 ) -> None:
     before, pushes_before = await account_state(sessions)
@@ -219,8 +219,8 @@ async def test_the_user_jwt_is_signed_by_the_scoped_key_of_the_role_set(
 
 async def test_lifetimes(
     world: None,
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
 ) -> None:
     def life(issued: PersonCreds) -> int:
@@ -254,8 +254,8 @@ async def test_lifetimes(
 )
 async def test_refusals_record_nothing(
     world: None,
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
     user: str,
     error: type[Exception],
@@ -273,8 +273,8 @@ async def test_refusals_record_nothing(
 
 async def test_a_callers_own_public_key(
     world: None,
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
 ) -> None:
     own = new_keypair("user")[0]
@@ -297,8 +297,8 @@ async def test_a_callers_own_public_key(
 
 async def test_the_user_is_found_by_scim_id(
     world: None,
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
 ) -> None:
     async with sessions() as session:
@@ -310,9 +310,9 @@ async def test_the_user_is_found_by_scim_id(
 
 async def test_the_credentials_endpoint(
     world: None,
-    client: TestClient,  # noqa: F811
-    tokens: dict[str, str],  # noqa: F811
-    sessions: Sessions,  # noqa: F811
+    client: TestClient,
+    tokens: dict[str, str],
+    sessions: Sessions,
 ) -> None:
     async def post(user: str, body: Any, token: str | None = "admin") -> tuple[int, Any]:
         headers = bearer(tokens[token]) if token else {}

@@ -72,17 +72,17 @@ class Api:
 
 
 @pytest.fixture
-def api(client: TestClient, tokens: dict[str, str]) -> Api:  # noqa: F811
+def api(client: TestClient, tokens: dict[str, str]) -> Api:
     return Api(client, tokens)
 
 
-async def account_claims(sessions: Sessions, name: str) -> dict[str, Any]:  # noqa: F811
+async def account_claims(sessions: Sessions, name: str) -> dict[str, Any]:
     async with sessions() as session:
         account = await get_account(session, name)
         return decode(account.jwt or "", expected_type="account").claims
 
 
-async def outbox_count(sessions: Sessions, account_key: str) -> int:  # noqa: F811
+async def outbox_count(sessions: Sessions, account_key: str) -> int:
     async with sessions() as session:
         return int(
             await session.scalar(select(func.count()).where(PushOutbox.account_key == account_key))
@@ -90,7 +90,7 @@ async def outbox_count(sessions: Sessions, account_key: str) -> int:  # noqa: F8
         )
 
 
-async def test_roles_crud_and_refusals(api: Api, sessions: Sessions) -> None:  # noqa: F811
+async def test_roles_crud_and_refusals(api: Api, sessions: Sessions) -> None:
     created = await api.ok("POST", "/admin/v1/roles", WRITER)
     assert created["name"] == "writer" and created["spec"]["publish"]["deny"] == ["orders.admin.>"]
     assert (await api.call("POST", "/admin/v1/roles", WRITER))[0] == 409
@@ -167,7 +167,7 @@ async def test_bindings_crud_and_refusals(api: Api) -> None:
     ] == 404
 
 
-async def test_person_credentials(api: Api, sessions: Sessions) -> None:  # noqa: F811
+async def test_person_credentials(api: Api, sessions: Sessions) -> None:
     await api.ok("POST", "/admin/v1/accounts", {"name": "orders"})
     await api.ok("POST", "/admin/v1/roles", WRITER)
     alice = await api.user("alice")
@@ -232,8 +232,8 @@ async def test_person_credentials(api: Api, sessions: Sessions) -> None:  # noqa
 
 async def test_a_500_member_removal_re_signs_the_account_once(
     api: Api,
-    sessions: Sessions,  # noqa: F811
-    sealer: Sealer,  # noqa: F811
+    sessions: Sessions,
+    sealer: Sealer,
     settings: Settings,
 ) -> None:
     account = await api.ok("POST", "/admin/v1/accounts", {"name": "orders"})
@@ -262,7 +262,7 @@ async def test_a_500_member_removal_re_signs_the_account_once(
 
 async def test_losing_a_role_but_not_the_account_revokes_the_wider_key(
     api: Api,
-    sessions: Sessions,  # noqa: F811
+    sessions: Sessions,
 ) -> None:
     await api.ok("POST", "/admin/v1/accounts", {"name": "orders"})
     await api.ok("POST", "/admin/v1/roles", WRITER)
@@ -304,7 +304,7 @@ async def test_losing_a_role_but_not_the_account_revokes_the_wider_key(
     assert writers
 
 
-async def test_account_update_and_delete(api: Api, sessions: Sessions) -> None:  # noqa: F811
+async def test_account_update_and_delete(api: Api, sessions: Sessions) -> None:
     created = await api.ok("POST", "/admin/v1/accounts", {"name": "orders"})
     key = created["public_key"]
     changed = await api.ok(
@@ -398,7 +398,7 @@ async def test_explain(api: Api) -> None:
     assert status == 400 and "subject" in body["message"]
 
 
-async def test_renaming_a_group_bound_by_name_revokes(api: Api, sessions: Sessions) -> None:  # noqa: F811
+async def test_renaming_a_group_bound_by_name_revokes(api: Api, sessions: Sessions) -> None:
     await api.ok("POST", "/admin/v1/accounts", {"name": "orders"})
     await api.ok("POST", "/admin/v1/roles", WRITER)
     alice = await api.user("alice")

@@ -27,7 +27,8 @@ from resolver.config import ServerSettings, Settings
 from resolver.db.engine import create_sessionmaker
 from resolver.db.models import Account, Operator, User
 from resolver.push.state import PUSH_CONNECTION
-from resolver.sealing import Sealer, load_master_key
+from resolver.sealing import Sealer
+from tests.accounts.conftest import sealer, sessions  # noqa: F401  (fixtures)
 from tests.policy.deprovision_world import (
     Issued,
     account_row,
@@ -43,16 +44,6 @@ from tests.push.conftest import push_settings, wait_for
 from tests.scim.conftest import Scim, patch
 from tests.support.nats import NatsServer, url_resolver_config
 from tests.support.ports import free_port
-
-
-@pytest.fixture
-def sealer(settings: Settings) -> Sealer:
-    return Sealer(load_master_key(settings.master_key_path))
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return create_sessionmaker(engine)
 
 
 @pytest.fixture

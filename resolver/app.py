@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from resolver import admin, health, jobs, policy, push, scim
+from resolver import admin, credentials, health, jobs, policy, push, scim
 from resolver.accounts import views as account_views
 from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
 from resolver.config import Settings
@@ -47,6 +47,7 @@ def create_app(
     jobs.setup(app)
     scim.setup(app)
     policy.setup(app)
+    credentials.setup(app)
     add_fallback(app)
     app.on_startup.append(_check_routes)
     return app

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resolver.accounts.cache import AccountJWTCache
 from resolver.config import Settings
+from resolver.credentials.identity import IdentityVerifier
 from resolver.push.wake import PushWaker
 from resolver.scim.events import EventHooks
 from resolver.sealing import Sealer
@@ -23,3 +24,5 @@ PUSHER = web.AppKey("pusher", PushWaker)
 SCIM_EVENTS = web.AppKey("scim_events", EventHooks)
 #: Served account JWTs in memory, invalidated on every change (see resolver.accounts.cache).
 JWT_CACHE = web.AppKey("jwt_cache", AccountJWTCache)
+#: Verifies IdP tokens and front-proxy assertions (resolver.credentials.identity).
+IDENTITY_VERIFIER = web.AppKey("identity_verifier", IdentityVerifier)

@@ -6,7 +6,9 @@ names the key (``ConfigError``) instead of a traceback deep inside a request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -73,6 +75,74 @@ class AccountSettings:
 
 
 @dataclass(frozen=True)
+class IdpSettings:
+    """One trusted identity provider (a ``[[idp]]`` table): how its tokens are verified."""
+
+    #: Short name used in logs, audit rows and workload identities ("entra", "okta").
+    name: str = ""
+    #: Exact ``iss`` its tokens carry.
+    issuer: str = ""
+    #: Accepted ``aud`` values; at least one must match (empty only with ``header``).
+    audience: tuple[str, ...] = ()
+    #: Where its signing keys are published (OIDC ``jwks_uri``).
+    jwks_url: str = ""
+    #: A PEM public key instead of a JWKS (a proxy with one fixed key).
+    public_key_file: Path | None = None
+    #: A URL with ``{kid}`` answering one PEM key per key id (AWS ALB).
+    key_url: str = ""
+    #: Signature algorithms accepted; anything else is refused before any key is looked up.
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    #: Token claim naming the person, and the SCIM attribute it is compared with.
+    user_claim: str = "email"
+    user_attribute: str = "userName"
+    #: Claim naming a workload (no SCIM user) in its credentials and the audit log.
+    workload_name_claim: str = "sub"
+    #: Bindings by token claim may match this IdP's tokens (workloads, group claims).
+    claim_bindings: bool = True
+    #: Request header carrying this issuer's signed assertion (a front proxy such as an
+    #: AWS ALB's ``x-amzn-oidc-data``); empty: the token comes as a bearer token.
+    header: str = ""
+    #: Only for ``header``: the ``signer`` the assertion's JWT header must name (ALB ARN).
+    signer: str = ""
+    #: Clock skew allowed on exp, nbf and iat, in seconds.
+    leeway_seconds: int = 30
+    #: How long a person's NATS credentials may outlive the IdP token they came from.
+    grace_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class CredentialSettings:
+    #: Lifetime of issued user JWTs when the caller does not ask (capped by roles and token).
+    default_ttl_seconds: int = 3_600
+    #: Keys fetched from a JWKS are reused this long before being fetched again.
+    jwks_cache_seconds: int = 300
+    #: An unknown ``kid`` refetches the JWKS at most this often (forged kids cannot flood
+    #: the IdP), in seconds.
+    jwks_refetch_seconds: int = 30
+    #: Timeout of one JWKS (or key URL) fetch, in seconds.
+    jwks_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class FrontProxySettings:
+    #: Header with the plain user name set by an identity-aware proxy. Off when empty: an
+    #: unsigned header is only as good as the network path, so it needs ``trusted_proxies``.
+    identity_header: str = ""
+    #: Addresses or CIDRs the unsigned header is accepted from (the proxy's own address).
+    trusted_proxies: tuple[str, ...] = ()
+    #: SCIM attribute the header value is compared with.
+    user_attribute: str = "userName"
+
+
+@dataclass(frozen=True)
+class AuthCalloutSettings:
+    #: Answer nats-server's authorization requests ($SYS.REQ.USER.AUTH).
+    enabled: bool = False
+    #: Name of the auth account whose JWT carries the ``authorization`` section.
+    account: str = "AUTH"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
     format: str = "text"
@@ -86,7 +156,11 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     nats: NatsSettings = field(default_factory=NatsSettings)
     accounts: AccountSettings = field(default_factory=AccountSettings)
+    credentials: CredentialSettings = field(default_factory=CredentialSettings)
+    front_proxy: FrontProxySettings = field(default_factory=FrontProxySettings)
+    auth_callout: AuthCalloutSettings = field(default_factory=AuthCalloutSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    idp: tuple[IdpSettings, ...] = ()
 
     @property
     def database_url(self) -> str:
@@ -114,6 +188,9 @@ _SECTIONS: dict[str, type] = {
     "security": SecuritySettings,
     "nats": NatsSettings,
     "accounts": AccountSettings,
+    "credentials": CredentialSettings,
+    "front_proxy": FrontProxySettings,
+    "auth_callout": AuthCalloutSettings,
     "log": LogSettings,
 }
 
@@ -206,6 +283,61 @@ def _as_servers(key: str, raw: Any) -> tuple[str, ...]:
     return tuple(parse(key, str(item).strip()) for item in items)
 
 
+def _as_str_list(key: str, raw: Any) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ConfigError(key, f"must be a list of strings, got {raw!r}")
+    values = tuple(_as_str(key, item).strip() for item in items)
+    return tuple(value for value in values if value)
+
+
+def _as_networks(key: str, raw: Any) -> tuple[str, ...]:
+    values = _as_str_list(key, raw)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(key, f"{value!r} is not an IP address or CIDR") from None
+    return values
+
+
+def _as_header(key: str, raw: Any) -> str:
+    value = _as_str(key, raw).strip()
+    if value and not _HEADER_RE.match(value):
+        raise ConfigError(key, f"{raw!r} is not an HTTP header name")
+    if value.lower() in {"authorization", "cookie", "host"}:
+        raise ConfigError(key, f"{value!r} cannot carry an identity here")
+    return value
+
+
+_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+#: SCIM user attributes a token claim (or proxy header) may be matched against.
+USER_ATTRIBUTES = ("userName", "email", "externalId", "id")
+#: Asymmetric algorithms only: an HMAC "key" taken from a JWKS would be public knowledge.
+IDP_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+def _as_algorithms(key: str, raw: Any) -> tuple[str, ...]:
+    values = _as_str_list(key, raw)
+    if not values:
+        raise ConfigError(key, "must name at least one algorithm")
+    for value in values:
+        if value not in IDP_ALGORITHMS:
+            raise ConfigError(key, f"{value!r} is not one of {', '.join(IDP_ALGORITHMS)}")
+    return values
+
+
 _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "server": {
         "host": _as_str,
@@ -234,6 +366,18 @@ _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         # nats-io/jwt refuses tokens over 1 MiB, and 1 MiB is nats-server's default max_payload.
         "jwt_size_budget_bytes": _as_int(16_384, 1_048_576),
     },
+    "credentials": {
+        "default_ttl_seconds": _as_int(60, 366 * 86_400),
+        "jwks_cache_seconds": _as_int(1, 86_400),
+        "jwks_refetch_seconds": _as_int(0, 86_400),
+        "jwks_timeout": _as_float,
+    },
+    "front_proxy": {
+        "identity_header": _as_header,
+        "trusted_proxies": _as_networks,
+        "user_attribute": _choice(*USER_ATTRIBUTES),
+    },
+    "auth_callout": {"enabled": _as_bool, "account": _as_str},
     "log": {
         "level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "format": _choice("text", "json"),
@@ -241,11 +385,74 @@ _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
 }
 
 
+_IDP_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "name": _as_str,
+    "issuer": _as_str,
+    "audience": _as_str_list,
+    "jwks_url": _as_url("http", "https"),
+    "public_key_file": _as_path,
+    "key_url": _as_url("http", "https"),
+    "algorithms": _as_algorithms,
+    "user_claim": _as_str,
+    "user_attribute": _choice(*USER_ATTRIBUTES),
+    "workload_name_claim": _as_str,
+    "claim_bindings": _as_bool,
+    "header": _as_header,
+    "signer": _as_str,
+    "leeway_seconds": _as_int(0, 3_600),
+    "grace_seconds": _as_int(0, 7 * 86_400),
+}
+
+
+def _identity_providers(raw: Any, base: Path) -> tuple[IdpSettings, ...]:
+    """The ``[[idp]]`` tables, each complete and unambiguous."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ConfigError("idp", "must be an array of tables ([[idp]])")
+    found: list[IdpSettings] = []
+    for index, body in enumerate(raw):
+        where = f"idp[{index}]"
+        values: dict[str, Any] = {}
+        for key, value in body.items():
+            if key not in _IDP_PARSERS:
+                raise ConfigError(f"{where}.{key}", "unknown setting")
+            parsed = _IDP_PARSERS[key](f"{where}.{key}", value)
+            if isinstance(parsed, Path) and not parsed.is_absolute():
+                parsed = base / parsed
+            values[key] = parsed
+        idp = replace(IdpSettings(), **values)
+        name = idp.name.strip()
+        if not name:
+            raise ConfigError(f"{where}.name", "every [[idp]] needs a name")
+        where = f"idp {name!r}"
+        if not idp.issuer.strip():
+            raise ConfigError(f"{where}.issuer", "is required: tokens are matched by their iss")
+        sources = [bool(idp.jwks_url), idp.public_key_file is not None, bool(idp.key_url)]
+        if sum(sources) != 1:
+            raise ConfigError(where, "needs exactly one of jwks_url, public_key_file, key_url")
+        if idp.key_url and "{kid}" not in idp.key_url:
+            raise ConfigError(f"{where}.key_url", "must contain {kid}")
+        if not idp.audience and not idp.header:
+            # A token minted for any other application of the same IdP would do otherwise.
+            raise ConfigError(f"{where}.audience", "is required for bearer tokens")
+        if idp.signer and not idp.header:
+            raise ConfigError(f"{where}.signer", "only applies with header")
+        if not idp.user_claim.strip():
+            raise ConfigError(f"{where}.user_claim", "must name a claim")
+        if any(other.name == name for other in found):
+            raise ConfigError(where, "is defined twice")
+        if idp.header and any(o.header.lower() == idp.header.lower() for o in found):
+            raise ConfigError(f"{where}.header", "is already used by another [[idp]]")
+        found.append(replace(idp, name=name))
+    return tuple(found)
+
+
 def _collect(doc: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Merge the file's sections with the environment, rejecting unknown keys in both."""
     merged: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     for section, body in doc.items():
-        if section == "data_dir":
+        if section in {"data_dir", "idp"}:
             continue
         if section not in _SECTIONS:
             raise ConfigError(section, "unknown section")
@@ -305,7 +512,8 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             for key, value in values.items()
         }
         sections[section] = replace(cls(), **values)
-    settings = Settings(data_dir=data_dir, **sections)
+    idps = _identity_providers(doc.get("idp"), base)
+    settings = Settings(data_dir=data_dir, idp=idps, **sections)
     _check_consistency(settings)
     return settings
 
@@ -314,6 +522,12 @@ def _check_consistency(settings: Settings) -> None:
     server = settings.server
     if (server.tls_cert is None) != (server.tls_key is None):
         raise ConfigError("server.tls_cert", "tls_cert and tls_key must be given together")
+    proxy = settings.front_proxy
+    if proxy.identity_header and not proxy.trusted_proxies:
+        raise ConfigError(
+            "front_proxy.trusted_proxies",
+            "must list the proxy's addresses when identity_header is set",
+        )
     nats = settings.nats
     if (nats.tls_cert is None) != (nats.tls_key is None):
         raise ConfigError("nats.tls_cert", "tls_cert and tls_key must be given together")
@@ -321,4 +535,5 @@ def _check_consistency(settings: Settings) -> None:
 
 def setting_names() -> list[str]:
     """Every ``section.key`` the loader accepts (the sample config documents each one)."""
-    return [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
+    names = [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
+    return names + [f"idp.{f.name}" for f in fields(IdpSettings)]

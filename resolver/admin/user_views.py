@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from aiohttp import web
-from sqlalchemy import func, select
 
 from resolver.accounts.service import get_account
 from resolver.admin.bodies import json_object, optional_str, required_str
 from resolver.appkeys import SEALER, SESSIONMAKER, SETTINGS
-from resolver.db.models import PushOutbox
 from resolver.durations import parse_duration
 from resolver.errors import ValidationError
 from resolver.http.auth import actor_of, authenticate
 from resolver.http.handling import add_routes
-from resolver.http.pushing import wake_pusher
+from resolver.http.pushing import wait_pushed, wake_pusher
 from resolver.policy.explain import explain
 from resolver.policy.user_creds import issue_person_creds
-from resolver.push.pusher import DONE, PENDING
-
-#: How long an issue that created a scoped key waits for the account JWT to be pushed.
-PUSH_WAIT_SECONDS = 3.0
-
-
-async def _wait_pushed(app: web.Application, account_key: str, jti: str) -> bool | None:
-    """Whether the account JWT ``jti``, or a newer one of the account, was pushed.
-
-    False when the push failed or did not finish within the wait (the pusher keeps trying);
-    None when this process does not push at all (NATS disabled: another process will).
-    """
-    settings = app[SETTINGS]
-    if not settings.nats.enabled:
-        return None
-    # A push waits ``push_timeout`` for replies; leave room for a retry or two.
-    deadline = time.monotonic() + max(PUSH_WAIT_SECONDS, 2 * settings.nats.push_timeout)
-    while True:
-        async with app[SESSIONMAKER]() as session:
-            ours = await session.scalar(
-                select(func.min(PushOutbox.id)).where(
-                    PushOutbox.account_key == account_key, PushOutbox.jti == jti
-                )
-            )
-            statuses = set(
-                await session.scalars(
-                    select(PushOutbox.status).where(
-                        PushOutbox.account_key == account_key, PushOutbox.id >= (ours or 0)
-                    )
-                )
-            )
-        # A newer JWT of the account carries the new key too; its push counts as well.
-        if ours is not None and DONE in statuses:
-            return True
-        if ours is None or PENDING not in statuses or time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
 
 
 async def issue_credentials(request: web.Request) -> web.Response:
@@ -88,7 +46,7 @@ async def issue_credentials(request: web.Request) -> web.Response:
         # Servers that have the account loaded learn the new scoped key only by a push:
         # wait for it, so the credentials work the moment they are handed out.
         wake_pusher(app)
-        pushed = await _wait_pushed(app, account_key, account_jti)
+        pushed = await wait_pushed(app, account_key, account_jti)
     answer = {
         "account": account_key,
         "user": issued.user_name,

@@ -253,6 +253,23 @@ class IssuedUserKey(Base):
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class IssuedKeyClaim(Base):
+    """A claim binding an issued key rests on: ending that binding revokes the key.
+
+    SCIM knows no members of a claim binding, so this is the only way back from the
+    binding to the workloads it granted. ``binding_id`` has no foreign key on purpose: a
+    policy apply deletes the binding first and revokes after, in the same transaction.
+    """
+
+    __tablename__ = "issued_key_claims"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    issued_key_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("issued_user_keys.id", ondelete="CASCADE"), index=True
+    )
+    binding_id: Mapped[int] = mapped_column(Integer, index=True)
+
+
 class Revocation(Base):
     __tablename__ = "revocations"
     __table_args__ = (UniqueConstraint("account_id", "public_key"),)

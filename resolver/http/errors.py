@@ -68,7 +68,10 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
             log.error("%s: %s", type(exc).__name__, exc)
         response = render_error(request, status, exc.code, str(exc))
         if status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
+            # RFC 6750: a token that was presented and refused is an "invalid_token".
+            response.headers["WWW-Authenticate"] = (
+                'Bearer error="invalid_token"' if exc.code == "invalid_token" else "Bearer"
+            )
         return response
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.empty_body:

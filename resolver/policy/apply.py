@@ -121,6 +121,8 @@ async def apply_policy(
     wanted_bindings = {binding_identity(b): b for b in doc.bindings}
     resigned: set[int] = set()
     candidates: dict[int, set[str]] = defaultdict(set)
+    # Claim bindings going away: SCIM knows no members, the keys issued on them are revoked.
+    claim_bindings: dict[int, set[int]] = defaultdict(set)
     for identity, spec in wanted_bindings.items():
         label = f"{spec.selector} -> {spec.account}/{spec.role}"
         have = stored.get(identity)
@@ -141,6 +143,8 @@ async def apply_policy(
                     await candidates_for_binding(session, binding.id)
                 ).items():
                     candidates[account_id] |= users
+                if binding.claim_name is not None:
+                    claim_bindings[binding.account_id].add(binding.id)
                 binding.lapsed_at = now
             counts["bindings_updated"] += 1
 
@@ -153,6 +157,8 @@ async def apply_policy(
         binding = await session.get_one(Binding, have.id)
         for account_id, users in (await candidates_for_binding(session, binding.id)).items():
             candidates[account_id] |= users
+        if binding.claim_name is not None:
+            claim_bindings[binding.account_id].add(binding.id)
         await drop_binding(session, binding, actor=actor, reason="absent from the policy file")
         counts["bindings_removed"] += 1
     await session.flush()
@@ -188,7 +194,7 @@ async def apply_policy(
                 counts["accounts_removed"] += 1
 
     # 5. Revoke the members who lost an account or a role.
-    if candidates:
+    if candidates or claim_bindings:
         say("revoking the credentials of members who lost access")
         resigned |= await revoke_lost_access(
             session,
@@ -197,6 +203,7 @@ async def apply_policy(
             candidates,
             actor=actor,
             reason="binding removed or ended by policy apply",
+            claim_bindings=claim_bindings,
             now=int(now.timestamp()),
         )
 

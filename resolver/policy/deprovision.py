@@ -31,6 +31,7 @@ from resolver.db.models import (
     Binding,
     Group,
     GroupMember,
+    IssuedKeyClaim,
     IssuedUserKey,
     Revocation,
 )
@@ -138,6 +139,24 @@ async def _live_keys(
     return live
 
 
+async def _live_claim_keys(
+    session: AsyncSession, account_id: int, binding_ids: Collection[int], now: int
+) -> dict[str, str]:
+    """user key → holder name, for live keys issued here on one of ``binding_ids``."""
+    if not binding_ids:
+        return {}
+    rows = await session.execute(
+        select(IssuedUserKey.public_key, IssuedUserKey.name)
+        .join(IssuedKeyClaim, IssuedKeyClaim.issued_key_id == IssuedUserKey.id)
+        .where(
+            IssuedUserKey.account_id == account_id,
+            IssuedKeyClaim.binding_id.in_(sorted(set(binding_ids))),
+            _live(now),
+        )
+    )
+    return {key: name for key, name in rows}
+
+
 async def revoke_lost_access(
     session: AsyncSession,
     sealer: Sealer,
@@ -149,6 +168,7 @@ async def revoke_lost_access(
     exclude_bindings: Collection[int] = (),
     exclude_groups: Collection[str] = (),
     exclude_users: Collection[str] = (),
+    claim_bindings: Mapping[int, Collection[int]] | None = None,
     now: int | None = None,
 ) -> set[int]:
     """Revoke the live user keys of candidates who lost the account (or a role) there.
@@ -156,16 +176,19 @@ async def revoke_lost_access(
     ``candidates``: account id → user ids that may have lost access there. Bindings in
     ``exclude_bindings`` and groups in ``exclude_groups`` grant nothing (they are being
     deleted: the event comes before the row goes); users in ``exclude_users`` reach
-    nothing (a user being deleted). Inactive users reach nothing anyway. Each account
-    with a revocation is re-signed once (which queues its push) and gets one audit row.
-    Returns the ids of the accounts re-signed.
+    nothing (a user being deleted). Inactive users reach nothing anyway.
+    ``claim_bindings``: account id → claim bindings going away there; every live key
+    issued on them is revoked (a workload whose token still matches another binding
+    exchanges it again). Each account with a revocation is re-signed once (which queues
+    its push) and gets one audit row. Returns the ids of the accounts re-signed.
     """
     when = int(time.time()) if now is None else now
     gone = set(exclude_users)
     resigned: set[int] = set()
-    for account_id in sorted(candidates):
-        users = sorted(set(candidates[account_id]))
-        if not users:
+    claims = claim_bindings or {}
+    for account_id in sorted(set(candidates) | set(claims)):
+        users = sorted(set(candidates.get(account_id, ())))
+        if not users and not claims.get(account_id):
             continue
         account = await session.get(Account, account_id)
         if account is None or account.deleted_at is not None or not is_managed_here(account):
@@ -175,7 +198,8 @@ async def revoke_lost_access(
         # committed before (and is revoked here) or waits and then sees the new membership.
         await lock_account(session, account)
         live = await _live_keys(session, account_id, users, when)
-        if not live:
+        on_claims = await _live_claim_keys(session, account_id, claims.get(account_id, ()), when)
+        if not live and not on_claims:
             continue  # nothing was issued to them here: nothing to cut
         holders = sorted({user for _, user, _ in live} - gone)
         reaching = await account_role_sets(
@@ -193,6 +217,7 @@ async def revoke_lost_access(
                 doomed[key] = user  # lost the account
             elif signer in scoped and not scoped[signer] <= roles:
                 doomed[key] = user  # kept the account, lost a role this JWT still grants
+        doomed.update(on_claims)
         if not doomed:
             continue
         keys = sorted(doomed)
@@ -335,6 +360,12 @@ async def revoke_binding_members(
     Returns the ids of the accounts re-signed and how many members were considered.
     """
     candidates = await candidates_for_binding(session, binding_id)
+    binding = await session.get(Binding, binding_id)
+    on_claim = (
+        {binding.account_id: [binding_id]}
+        if binding is not None and binding.claim_name is not None
+        else None
+    )
     resigned = await revoke_lost_access(
         session,
         sealer,
@@ -343,6 +374,7 @@ async def revoke_binding_members(
         actor=actor,
         reason=reason,
         exclude_bindings={binding_id},
+        claim_bindings=on_claim,
         now=now,
     )
     return resigned, sum(len(users) for users in candidates.values())

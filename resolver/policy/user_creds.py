@@ -119,6 +119,78 @@ async def issue_person_creds(
     # max_ttl is 30 s means exactly that, and refusing every issue would help nobody.
     ttl_seconds = min(DEFAULT_TTL if ttl_seconds is None else ttl_seconds, cap)
 
+    when = int(time.time()) if now is None else now
+    signed = await sign_scoped_user(
+        session,
+        sealer,
+        settings,
+        account,
+        role_names,
+        name=user.user_name,
+        tags=[group_tag(g) for g in groups],
+        public_key=public_key,
+        expires_at=when + ttl_seconds,
+        user_id=user.id,
+        now=when,
+    )
+    issued = signed.issued
+    record(
+        session,
+        actor,
+        "policy.user.issue",
+        target=account.public_key,
+        details={
+            "user": user.user_name,
+            "user_id": user.id,
+            "user_key": issued.public_key,
+            "roles": role_names,
+            "groups": list(groups),
+            "signing_key": issued.signing_key,
+            "expires_at": issued.expires_at,
+        },
+    )
+    return PersonCreds(
+        jwt=signed.jwt,
+        creds=signed.creds,
+        issued=issued,
+        user_name=user.user_name,
+        roles=tuple(role_names),
+        groups=groups,
+        new_signing_key=signed.new_signing_key,
+    )
+
+
+@dataclass(frozen=True)
+class SignedUser:
+    jwt: str
+    #: A creds file with the generated seed, when the caller brought no public key.
+    creds: str | None
+    issued: IssuedUserKey
+    #: The scoped key was created for this issue: the account JWT was re-signed with it.
+    new_signing_key: bool
+
+
+async def sign_scoped_user(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    account: Account,
+    role_names: list[str],
+    *,
+    name: str,
+    tags: list[str],
+    public_key: str | None,
+    expires_at: int,
+    user_id: str | None,
+    now: int | None = None,
+) -> SignedUser:
+    """Sign and record a user JWT with ``account``'s scoped key for ``role_names``.
+
+    The caller has decided the person or workload may have these roles (and locked the
+    account). ``public_key`` None: a key pair is made and its seed returned in ``creds``
+    (and never stored). A key revoked in the account, or issued there to another person
+    or workload, is refused: revocation is by public key.
+    """
     key, created = await scoped_key_for(session, sealer, account, role_names)
     if created:
         # The new scoped key must be in the served (and pushed) account JWT before a user
@@ -136,52 +208,40 @@ async def issue_person_creds(
         # A JWT issued for it in the entry's second would be born revoked, and a key that
         # was revoked once should not come back anyway.
         raise ConflictError("that public key was revoked in this account: make a new key")
-    elif await session.scalar(
-        select(IssuedUserKey.id).where(
-            IssuedUserKey.account_id == account.id,
-            IssuedUserKey.public_key == public_key,
-            or_(IssuedUserKey.user_id.is_(None), IssuedUserKey.user_id != user.id),
+    else:
+        owner = (
+            or_(IssuedUserKey.user_id.is_(None), IssuedUserKey.user_id != user_id)
+            if user_id is not None
+            else or_(IssuedUserKey.user_id.is_not(None), IssuedUserKey.name != name)
         )
-    ):
-        # Revocation is by public key: sharing one with another person or a workload would
-        # let one's deprovisioning cut the other off (and leave them to share the access).
-        raise ConflictError(
-            "that public key was issued to someone else in this account: make a new key"
-        )
+        if await session.scalar(
+            select(IssuedUserKey.id).where(
+                IssuedUserKey.account_id == account.id,
+                IssuedUserKey.public_key == public_key,
+                owner,
+            )
+        ):
+            # Sharing a key with another person or workload would let one's deprovisioning
+            # cut the other off (and leave them to share the access).
+            raise ConflictError(
+                "that public key was issued to someone else in this account: make a new key"
+            )
     claims = user_claims(
-        user.user_name,
+        name,
         public_key,
         issuer_account=account.public_key,
-        tags=[group_tag(g) for g in groups],
-        exp=when + ttl_seconds,
+        tags=tags,
+        exp=expires_at,
         scoped=True,
     )
     token = encode(claims, sealer.open(key.seed_sealed), iat=when)
     issued = await record_issued_key(
-        session, account, token, name=user.user_name, signing_key=key.public_key, user_id=user.id
+        session, account, token, name=name, signing_key=key.public_key, user_id=user_id
     )
-    record(
-        session,
-        actor,
-        "policy.user.issue",
-        target=account.public_key,
-        details={
-            "user": user.user_name,
-            "user_id": user.id,
-            "user_key": public_key,
-            "roles": role_names,
-            "groups": list(groups),
-            "signing_key": key.public_key,
-            "expires_at": issued.expires_at,
-        },
-    )
-    return PersonCreds(
+    return SignedUser(
         jwt=token,
         creds=format_creds(token, seed) if seed is not None else None,
         issued=issued,
-        user_name=user.user_name,
-        roles=tuple(role_names),
-        groups=groups,
         new_signing_key=created,
     )
 

@@ -84,10 +84,14 @@ class Stack:
         database_url: str | None = None,
         log_level: str = "INFO",
         service_core: int | None = None,
+        extra_config: str = "",
+        init_args: tuple[str, ...] = (),
     ) -> Stack:
         """Init, tokens, serve, nats-server; the push connection is up when this returns.
 
-        ``service_core`` pins the service process to one CPU (benchmarks)."""
+        ``service_core`` pins the service process to one CPU (benchmarks); ``extra_config``
+        is TOML appended to the generated resolver.toml (``[[idp]]`` tables, say);
+        ``init_args`` are passed to ``init`` (``--auth-callout``, say)."""
         workdir.mkdir(parents=True, exist_ok=True)
         env = {"RESOLVER_LOG_LEVEL": log_level}
         if database_url:
@@ -101,7 +105,10 @@ class Stack:
             tokens={},
         )
         try:
-            stack._init()
+            stack._init(init_args)
+            if extra_config:
+                with stack.config.open("a", encoding="utf-8") as config:
+                    config.write("\n" + extra_config)
             stack._serve(service_core)
             stack._start_nats()
             stack._wait_push_connected()
@@ -123,7 +130,7 @@ class Stack:
         assert result.returncode == 0, (args, result.stdout, result.stderr)
         return result.stdout
 
-    def _init(self) -> None:
+    def _init(self, extra: tuple[str, ...] = ()) -> None:
         subprocess.run(
             [
                 resolver_bin(),
@@ -134,6 +141,7 @@ class Stack:
                 str(self.http_port),
                 "--nats-url",
                 self.nats_url,
+                *extra,
             ],
             capture_output=True,
             text=True,

@@ -79,3 +79,80 @@ def test_sample_config_documents_every_setting_and_loads() -> None:
     # As shipped, it is a valid configuration.
     settings = load_settings(sample, env={})
     assert settings.server.port == 8080
+
+
+IDP = """
+[[idp]]
+name = "entra"
+issuer = "https://login.example/t/v2.0"
+audience = ["api://nats"]
+jwks_url = "https://login.example/t/keys"
+"""
+
+
+def test_identity_providers_are_an_array_of_tables(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        IDP
+        + """
+[[idp]]
+name = "alb"
+issuer = "https://alb.example"
+key_url = "https://public-keys.auth.elb.eu-west-1.amazonaws.com/{kid}"
+header = "x-amzn-oidc-data"
+signer = "arn:aws:elasticloadbalancing:eu-west-1:1:loadbalancer/app/x/y"
+algorithms = ["ES256"]
+
+[[idp]]
+name = "fixed"
+issuer = "https://proxy.example"
+public_key_file = "keys/proxy.pem"
+header = "X-Identity"
+
+[front_proxy]
+identity_header = "X-Forwarded-Email"
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+"""
+    )
+    settings = load_settings(path, env={})
+    entra, alb, fixed = settings.idp
+    assert (entra.name, entra.audience, entra.algorithms) == (
+        "entra",
+        ("api://nats",),
+        ("RS256", "ES256"),
+    )
+    assert (entra.user_claim, entra.user_attribute, entra.grace_seconds) == ("email", "userName", 0)
+    assert alb.header == "x-amzn-oidc-data" and alb.audience == ()
+    # Relative key files are relative to the config file, like every other path.
+    assert fixed.public_key_file == tmp_path / "keys" / "proxy.pem"
+    assert settings.front_proxy.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        (IDP.replace('name = "entra"', ""), "idp[0].name"),
+        (IDP.replace('issuer = "https://login.example/t/v2.0"', ""), "issuer"),
+        (IDP.replace('audience = ["api://nats"]', ""), "audience"),
+        (IDP + 'public_key_file = "k.pem"\n', "exactly one of"),
+        (IDP.replace("jwks_url", "key_url"), "{kid}"),
+        (IDP + 'algorithms = ["HS256"]\n', "algorithms"),
+        (IDP + "algorithms = []\n", "algorithms"),
+        (IDP + 'signer = "arn"\n', "signer"),
+        (IDP + 'colour = "red"\n', "idp[0].colour"),
+        (IDP + 'header = "Authorization"\n', "header"),
+        (IDP + IDP, "defined twice"),
+        (IDP.replace("https://login.example/t/keys", "file:///etc/passwd"), "jwks_url"),
+        ('[front_proxy]\nidentity_header = "X-User"\n', "trusted_proxies"),
+        ('[front_proxy]\ntrusted_proxies = ["not-an-ip"]\n', "trusted_proxies"),
+        ('[front_proxy]\nuser_attribute = "nickName"\n', "user_attribute"),
+        ("[credentials]\ndefault_ttl_seconds = 5\n", "credentials.default_ttl_seconds"),
+        ("idp = 3\n", "idp"),
+    ],
+)
+def test_bad_identity_provider_settings_name_the_key(tmp_path: Path, doc: str, key: str) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(doc)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert key in str(info.value)

@@ -12,7 +12,7 @@ import re
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -81,6 +81,18 @@ def _now(now: int | None) -> int:
     return int(time.time()) if now is None else int(now)
 
 
+# One statement (RETURNING works on SQLite 3.35+ and PostgreSQL), built once: credentials
+# are issued under this lock, so it is on the hot path.
+_LOCK_ACCOUNT = (
+    update(Account)
+    .where(Account.id == bindparam("account_id"))
+    # Setting updated_at to itself also keeps its onupdate from firing.
+    .values(updated_at=Account.updated_at)
+    .returning(Account.jwt, Account.jti, Account.issued_at, Account.expires_at)
+    .execution_options(synchronize_session=False)
+)
+
+
 async def lock_account(session: AsyncSession, account: Account) -> None:
     """Hold ``account``'s row until commit and reload its stored JWT fields.
 
@@ -91,23 +103,35 @@ async def lock_account(session: AsyncSession, account: Account) -> None:
     on SQLite (where reads before a transaction's first write see no lock at all); what
     is read after it, revocations included, is current.
     """
-    await session.execute(
-        update(Account)
-        .where(Account.id == account.id)
-        # Setting updated_at to itself also keeps its onupdate from firing.
-        .values(updated_at=Account.updated_at)
-        .execution_options(synchronize_session=False)
-    )
-    row = (
-        await session.execute(
-            select(Account.jwt, Account.jti, Account.issued_at, Account.expires_at).where(
-                Account.id == account.id
-            )
-        )
-    ).one()
+    row = (await session.execute(_LOCK_ACCOUNT, {"account_id": account.id})).one()
     for name in ("jwt", "jti", "issued_at", "expires_at"):
         # Not a change of ours: refresh the loaded values without marking the row dirty.
         set_committed_value(account, name, getattr(row, name))
+
+
+_LOCK_AND_LOAD = (
+    update(Account)
+    .where(Account.id == bindparam("account_id"), Account.deleted_at.is_(None))
+    .values(updated_at=Account.updated_at)
+    .returning(Account)
+    .execution_options(synchronize_session=False)
+)
+
+
+async def lock_account_id(session: AsyncSession, account_id: int) -> Account:
+    """``lock_account`` for an account known by id, loading it in the same statement.
+
+    ``NotFoundError`` when it is gone (deleted meanwhile). For the hot path of issuing
+    credentials, where every statement under the lock counts.
+    """
+    account = await session.scalar(
+        _LOCK_AND_LOAD,
+        {"account_id": account_id},
+        execution_options={"populate_existing": True},
+    )
+    if account is None:
+        raise NotFoundError(f"no account with id {account_id}")
+    return account
 
 
 async def get_account(session: AsyncSession, ref: str) -> Account:

@@ -17,15 +17,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.accounts.service import MIN_CREDS_TTL, get_account, is_managed_here, lock_account
+from resolver.accounts.service import (
+    MIN_CREDS_TTL,
+    get_account,
+    is_managed_here,
+    lock_account_id,
+    resign_account,
+)
 from resolver.audit.service import Actor, record
 from resolver.config import Settings
 from resolver.credentials.identity import Identity
-from resolver.db.models import Account, Binding, IssuedKeyClaim, Role, User
+from resolver.db.models import Account, Binding, Group, GroupMember, IssuedKeyClaim, Role, User
 from resolver.errors import (
     AuthenticationError,
     ConflictError,
@@ -34,10 +41,10 @@ from resolver.errors import (
     ValidationError,
 )
 from resolver.natsjwt import is_public_key
-from resolver.policy.access import Grant, user_grants
-from resolver.policy.roles import max_ttl
-from resolver.policy.scoped_keys import load_roles
-from resolver.policy.user_creds import group_tag, sign_scoped_user
+from resolver.policy.access import Grant, grants_for
+from resolver.policy.roles import max_ttl, parse_role, role_set_name
+from resolver.policy.scoped_keys import load_roles, scoped_key_for
+from resolver.policy.user_creds import group_tag, scoped_key_checked, sign_scoped_user
 from resolver.sealing import Sealer
 
 #: ``Grant.group_id`` of a grant that comes from a token claim, not a SCIM group.
@@ -77,57 +84,147 @@ class IssuedCredentials:
     user_public_key: str
 
 
-async def find_identity_user(session: AsyncSession, identity: Identity) -> User | None:
-    """The SCIM user ``identity`` names, or None (a workload, or someone never provisioned)."""
-    value = identity.user_value
-    if not value:
-        return None
-    attribute = identity.user_attribute
-    if attribute == "userName":
-        clause = User.user_name_key == value.casefold()
-    elif attribute == "email":
-        clause = User.email == value.lower()
-    elif attribute == "externalId":
-        clause = User.external_id == value
-    else:
-        clause = User.id == value
-    users = list(await session.scalars(select(User).where(clause).limit(2)))
-    if len(users) > 1:
-        # Two SCIM users share that email or externalId: picking one would be a guess.
-        raise PermissionDeniedError(
-            f"more than one SCIM user has {attribute} {value!r}; ask an admin to fix the IdP"
-        )
-    return users[0] if users else None
+# Statements of the hot path, built once (building them costs more CPU than running them).
+_CLAIM_GRANTS = (
+    select(
+        Binding.account_id,
+        Account.name,
+        Role.name,
+        Binding.id,
+        Binding.claim_name,
+        Binding.claim_value,
+        Role.spec,
+    )
+    .join(Role, Role.id == Binding.role_id)
+    .join(Account, Account.id == Binding.account_id)
+    .where(
+        Binding.claim_name.in_(bindparam("names", expanding=True)),
+        Account.deleted_at.is_(None),
+        or_(Binding.ends_at.is_(None), Binding.ends_at > bindparam("now")),
+    )
+    .order_by(Account.name, Role.name, Binding.id)
+)
+_CLAIM_GRANTS_IN_ACCOUNT = _CLAIM_GRANTS.where(Binding.account_id == bindparam("account_id"))
 
 
-async def claim_grants(session: AsyncSession, identity: Identity) -> list[Grant]:
-    """Grants of bindings whose (claim, value) the identity's verified token carries."""
-    if not identity.claims:
-        return []
-    now = datetime.now(UTC)
-    rows = await session.execute(
+@dataclass(frozen=True)
+class Person:
+    """The SCIM user a token names (what the decision needs of it)."""
+
+    id: str
+    user_name: str
+    active: bool
+
+
+def _person_grants(column: Any) -> Select[Any]:
+    # The user, outer-joined to every grant their groups give: one statement tells an
+    # unknown user (no row), an inactive one, one without a binding (NULL grant columns)
+    # and the grants themselves. The join conditions mirror resolver.policy.access.
+    now = bindparam("now")
+    return (
         select(
+            User.id,
+            User.user_name,
+            User.active,
             Binding.account_id,
             Account.name,
             Role.name,
             Binding.id,
-            Binding.claim_name,
-            Binding.claim_value,
+            Group.id,
+            Group.display_name,
+            Role.spec,
         )
-        .join(Role, Role.id == Binding.role_id)
-        .join(Account, Account.id == Binding.account_id)
-        .where(
-            Binding.claim_name.is_not(None),
-            Account.deleted_at.is_(None),
-            or_(Binding.ends_at.is_(None), Binding.ends_at > now),
+        .select_from(User)
+        .outerjoin(GroupMember, GroupMember.user_id == User.id)
+        .outerjoin(Group, Group.id == GroupMember.group_id)
+        .outerjoin(
+            Binding,
+            and_(
+                or_(
+                    Binding.group_id == Group.id,
+                    and_(
+                        Binding.group_id.is_(None),
+                        Binding.group_name_key == Group.display_name_key,
+                    ),
+                ),
+                or_(Binding.ends_at.is_(None), Binding.ends_at > now),
+            ),
         )
-        .order_by(Account.name, Role.name, Binding.id)
+        .outerjoin(Account, and_(Account.id == Binding.account_id, Account.deleted_at.is_(None)))
+        .outerjoin(Role, Role.id == Binding.role_id)
+        .where(column == bindparam("value"))
+        .order_by(User.id, Account.name, Role.name, Binding.id)
     )
+
+
+_PERSON_GRANTS = {
+    attribute: _person_grants(column)
+    for attribute, column in (
+        ("userName", User.user_name_key),
+        ("email", User.email),
+        ("externalId", User.external_id),
+        ("id", User.id),
+    )
+}
+
+
+async def person_and_grants(
+    session: AsyncSession, identity: Identity
+) -> tuple[Person | None, list[Grant]]:
+    """The SCIM user ``identity`` names (None: a workload, or never provisioned) and the
+    grants their groups give them (none when inactive), in one statement."""
+    value = identity.user_value
+    if not value:
+        return None, []
+    attribute = identity.user_attribute
+    if attribute == "userName":
+        value = value.casefold()
+    elif attribute == "email":
+        value = value.lower()
+    rows = list(
+        await session.execute(_PERSON_GRANTS[attribute], {"value": value, "now": datetime.now(UTC)})
+    )
+    if not rows:
+        return None, []
+    if len({row[0] for row in rows}) > 1:
+        # Two SCIM users share that email or externalId: picking one would be a guess.
+        raise PermissionDeniedError(
+            f"more than one SCIM user has {attribute} {value!r}; ask an admin to fix the IdP"
+        )
+    person = Person(rows[0][0], rows[0][1], bool(rows[0][2]))
+    grants = [
+        Grant(*row[3:])
+        for row in rows
+        if person.active and row[3] is not None and row[4] is not None and row[5] is not None
+    ]
+    return person, grants
+
+
+async def claim_grants(
+    session: AsyncSession, identity: Identity, *, account_id: int | None = None
+) -> list[Grant]:
+    """Grants of bindings whose (claim, value) the identity's verified token carries."""
+    if not identity.claims:
+        return []
+    # Only claims the token carries can match: bindings on other claims are not read.
+    params: dict[str, object] = {"names": sorted(identity.claims), "now": datetime.now(UTC)}
+    if account_id is None:
+        rows = await session.execute(_CLAIM_GRANTS, params)
+    else:
+        rows = await session.execute(_CLAIM_GRANTS_IN_ACCOUNT, {**params, "account_id": account_id})
     found = []
-    for account_id, account_name, role, binding_id, claim, value in rows:
+    for bound_to, account_name, role, binding_id, claim, value, spec in rows:
         if value in identity.claim_values(claim):
             found.append(
-                Grant(account_id, account_name, role, binding_id, CLAIM_GROUP_PREFIX + claim, value)
+                Grant(
+                    bound_to,
+                    account_name,
+                    role,
+                    binding_id,
+                    CLAIM_GROUP_PREFIX + claim,
+                    value,
+                    spec,
+                )
             )
     return found
 
@@ -141,6 +238,26 @@ def _choose_account(grants: list[Grant], wanted: str | None, who: str) -> str:
             f"{who} reaches accounts {', '.join(names)}: say which one with account"
         )
     return wanted
+
+
+def _role_set(
+    grants: list[Grant], wanted: tuple[str, ...] | None, name: str, account: str
+) -> tuple[list[str], list[Grant]]:
+    """The role set to sign for (all held, or the asked subset) and the grants giving it."""
+    if not grants:
+        raise PermissionDeniedError(f"{name} has no binding to account {account!r}")
+    held = {g.role for g in grants}
+    if wanted is not None:
+        asked = set(wanted)
+        if not asked:
+            raise ValidationError("roles, when given, must name at least one role")
+        if missing := sorted(asked - held):
+            raise PermissionDeniedError(
+                f"{name} does not hold {', '.join(missing)} in account {account!r} "
+                f"(holds {', '.join(sorted(held))})"
+            )
+        held = asked
+    return sorted(held), [g for g in grants if g.role in held]
 
 
 async def exchange(
@@ -175,7 +292,9 @@ async def exchange(
         # Accepted within the IdP's clock-skew leeway, but nothing is left to issue for.
         raise AuthenticationError("the token has expired")
 
-    user = await find_identity_user(session, identity)
+    # Everything that can be read before the account lock is read here: on SQLite the lock
+    # is the database's one write lock, so what happens under it decides the throughput.
+    user, grants = await person_and_grants(session, identity)
     if user is not None and not user.active:
         raise PermissionDeniedError(f"user {user.user_name!r} is inactive")
     if user is not None:
@@ -183,11 +302,7 @@ async def exchange(
     else:
         name = identity.workload_name or f"{identity.idp}:{identity.subject}"
 
-    async def grants_now() -> list[Grant]:
-        scim = await user_grants(session, user.id) if user is not None else []
-        return scim + await claim_grants(session, identity)
-
-    grants = await grants_now()
+    grants += await claim_grants(session, identity)
     if not grants:
         if user is None and identity.user_value:
             raise PermissionDeniedError(
@@ -201,61 +316,80 @@ async def exchange(
         raise PermissionDeniedError(f"user {name!r} has no binding to any account")
 
     wanted_account = _choose_account(grants, request.account, name)
+    account_id = {g.account_name: g.account_id for g in grants}.get(wanted_account)
+    if account_id is None and is_public_key(wanted_account, "account"):
+        try:
+            account_id = (await get_account(session, wanted_account)).id
+        except NotFoundError:
+            pass
+    # An unknown account gets the same answer as one they are not bound to: callers who
+    # are not admins learn nothing about which accounts exist.
+    grants = [g for g in grants if g.account_id == account_id]
+    role_names, used = _role_set(grants, request.roles, name, wanted_account)
+    specs = {g.role: g.role_spec for g in used if g.role_spec is not None}
+    roles = (
+        [parse_role(role, specs[role]) for role in role_names]
+        if set(specs) == set(role_names)
+        else await load_roles(session, role_names)
+    )
+    lifetime = min(
+        settings.credentials.default_ttl_seconds
+        if request.ttl_seconds is None
+        else request.ttl_seconds,
+        max_ttl(roles),
+    )
+    from_scim = any(not g.group_id.startswith(CLAIM_GROUP_PREFIX) for g in used)
+    from_claims = any(g.group_id.startswith(CLAIM_GROUP_PREFIX) for g in used)
+    if identity.expires_at is not None:
+        # SCIM-granted access of a person is revoked by SCIM; claim-granted access has no
+        # such path, so it ends with the token.
+        grace = 0 if from_claims or user is None else identity.grace_seconds
+        lifetime = min(lifetime, identity.expires_at + grace - when)
+    user_id = user.id if user is not None else None
+    key = await scoped_key_checked(
+        session, account_id, role_set_name(roles), request.public_key, user_id=user_id, name=name
+    )
+
+    # Locked, then what granted the roles read again: a removal committing meanwhile
+    # either comes before this read (and the access is gone) or after (and finds the key
+    # issued here to revoke). Nothing else is read under the lock unless it must be.
     try:
-        account = await get_account(session, wanted_account)
+        account = await lock_account_id(session, account_id)
     except NotFoundError:
-        # The same answer as for an account they are not bound to: callers who are not
-        # admins learn nothing about which accounts exist.
         raise PermissionDeniedError(
             f"{name} has no binding to account {wanted_account!r}"
         ) from None
     if not is_managed_here(account):
         raise ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
-    # Locked, then the grants read again: a removal committing meanwhile either comes
-    # before this read (and the access is gone) or after (and finds this key to revoke).
-    await lock_account(session, account)
-    grants = [g for g in await grants_now() if g.account_id == account.id]
-    if not grants:
+    current = []
+    if from_scim and user is not None:
+        current += await grants_for(session, user.id, account_id=account.id)
+    if from_claims:
+        current += await claim_grants(session, identity, account_id=account.id)
+    if not set(role_names) <= {g.role for g in current}:
         raise PermissionDeniedError(f"{name} has no binding to account {account.name!r}")
-    held = {g.role for g in grants}
-    if request.roles is not None:
-        wanted = set(request.roles)
-        if not wanted:
-            raise ValidationError("roles, when given, must name at least one role")
-        if missing := sorted(wanted - held):
-            raise PermissionDeniedError(
-                f"{name} does not hold {', '.join(missing)} in account {account.name!r} "
-                f"(holds {', '.join(sorted(held))})"
-            )
-        held = wanted
-    role_names = sorted(held)
-    used = [g for g in grants if g.role in held]
+    used = [g for g in current if g.role in role_names]
     groups = tuple(sorted({g.group_name for g in used}))
-
-    lifetime = min(
-        settings.credentials.default_ttl_seconds
-        if request.ttl_seconds is None
-        else request.ttl_seconds,
-        max_ttl(await load_roles(session, role_names)),
-    )
-    if identity.expires_at is not None:
-        # SCIM-granted access of a person is revoked by SCIM; claim-granted access has no
-        # such path, so it ends with the token.
-        from_claims = any(g.group_id.startswith(CLAIM_GROUP_PREFIX) for g in used)
-        grace = 0 if from_claims or user is None else identity.grace_seconds
-        lifetime = min(lifetime, identity.expires_at + grace - when)
-
+    created = False
+    if key is None:
+        # The first issue for this role set here: made under the lock, so two first issues
+        # cannot both make one.
+        key, created = await scoped_key_for(session, sealer, account, role_names, roles=roles)
+    if created:
+        # The new scoped key must be in the served (and pushed) account JWT before a user
+        # JWT signed by it can connect.
+        await resign_account(session, sealer, settings, account, force=True)
     signed = await sign_scoped_user(
         session,
         sealer,
-        settings,
         account,
-        role_names,
+        key,
+        new_signing_key=created,
         name=name,
         tags=[group_tag(g) for g in groups],
         public_key=request.public_key,
         expires_at=when + lifetime,
-        user_id=user.id if user is not None else None,
+        user_id=user_id,
         now=when,
     )
     issued = signed.issued
@@ -273,7 +407,7 @@ async def exchange(
             "via": via,
             "idp": identity.idp,
             "subject": identity.subject,
-            "user_id": user.id if user is not None else None,
+            "user_id": user_id,
             "account": account.name,
             "user_key": issued.public_key,
             "roles": role_names,

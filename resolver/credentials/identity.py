@@ -113,6 +113,14 @@ class _JwksKeys(_Keys):
     async def key_for(self, kid: str | None) -> Any:
         if kid is None:
             raise InvalidTokenError("the token names no signing key (kid)")
+        cached = self._client.jwk_set_cache.get() if self._client.jwk_set_cache else None
+        if cached is not None:
+            # The usual case: a fresh cached set with this kid needs no thread (the lookup
+            # below would cost a thread hop per token for a dictionary read).
+            for found in cached.keys:
+                if found.key_id == kid and found.public_key_use in ("sig", None):
+                    self._seen[kid] = found.key
+                    return found.key
         try:
             found = await asyncio.to_thread(self._client.get_signing_key, kid)
         except PyJWKClientConnectionError as exc:
@@ -254,17 +262,20 @@ class IdentityVerifier:
         """A bearer IdP token (OIDC ID or access token) → the identity it proves."""
         if not self._bearer:
             raise InvalidTokenError("no identity provider is configured for bearer tokens")
-        issuer = self._bearer.get(_unverified_issuer(token))
-        if issuer is None:
+        header, claims = _unverified(token)
+        issuer = claims.get("iss")
+        trusted = self._bearer.get(issuer) if isinstance(issuer, str) else None
+        if trusted is None:
             raise InvalidTokenError("the token's issuer (iss) is not a trusted IdP")
-        return await _verify(issuer, token)
+        return await _verify(trusted, token, header)
 
     async def verify_assertion(self, header: str, value: str) -> Identity:
         """A front proxy's signed assertion from header ``header``."""
         issuer = self._by_header.get(header.lower())
         if issuer is None:
             raise InvalidTokenError(f"header {header!r} carries no trusted assertion")
-        return await _verify(issuer, value.strip())
+        token = value.strip()
+        return await _verify(issuer, token, _unverified(token)[0])
 
     async def from_headers(
         self, headers: Mapping[str, str], remote: str | None, bearer: str | None
@@ -311,27 +322,19 @@ class IdentityVerifier:
         )
 
 
-def _unverified_issuer(token: str) -> str:
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims, not verified yet: only to pick the issuer and its key."""
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidTokenError("the token is too large")
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
+        parts = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
     except jwt.PyJWTError:
         raise InvalidTokenError("the token is not a well-formed JWT") from None
-    issuer = claims.get("iss")
-    if not isinstance(issuer, str):
-        raise InvalidTokenError("the token names no issuer (iss)")
-    return issuer
+    return parts["header"], parts["payload"]
 
 
-async def _verify(issuer: _Issuer, token: str) -> Identity:
+async def _verify(issuer: _Issuer, token: str, header: Mapping[str, Any]) -> Identity:
     idp = issuer.idp
-    if len(token) > MAX_TOKEN_BYTES:
-        raise InvalidTokenError("the token is too large")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise InvalidTokenError("the token is not a well-formed JWT") from None
     if header.get("alg") not in idp.algorithms:
         raise InvalidTokenError("the token's algorithm is not accepted for its IdP")
     if idp.signer and header.get("signer") != idp.signer:

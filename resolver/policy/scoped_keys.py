@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.db.models import Account, AccountSigningKey, Role, utcnow
@@ -18,11 +18,19 @@ from resolver.natsjwt import new_keypair
 from resolver.policy.roles import RoleSpec, compile_template, parse_role, role_set_name
 from resolver.sealing import Sealer
 
+# Built once (credentials are issued through both on the hot path).
+_ROLES = select(Role).where(Role.name.in_(bindparam("names", expanding=True)))
+_SCOPED_KEY = select(AccountSigningKey).where(
+    AccountSigningKey.account_id == bindparam("account_id"),
+    AccountSigningKey.role_set == bindparam("role_set"),
+    AccountSigningKey.retired_at.is_(None),
+)
+
 
 async def load_roles(session: AsyncSession, names: Iterable[str]) -> list[RoleSpec]:
     """The named roles as ``RoleSpec``s; ``NotFoundError`` naming any that do not exist."""
     wanted = sorted(set(names))
-    rows = {r.name: r for r in await session.scalars(select(Role).where(Role.name.in_(wanted)))}
+    rows = {r.name: r for r in await session.scalars(_ROLES, {"names": wanted})}
     missing = [name for name in wanted if name not in rows]
     if missing:
         raise NotFoundError(f"no role named {', '.join(missing)}")
@@ -30,22 +38,23 @@ async def load_roles(session: AsyncSession, names: Iterable[str]) -> list[RoleSp
 
 
 async def scoped_key_for(
-    session: AsyncSession, sealer: Sealer, account: Account, role_names: Iterable[str]
+    session: AsyncSession,
+    sealer: Sealer,
+    account: Account,
+    role_names: Iterable[str],
+    *,
+    roles: list[RoleSpec] | None = None,
 ) -> tuple[AccountSigningKey, bool]:
     """The account's scoped key for this role set, created when first needed.
 
-    Returns (key, created). A created key is not in the served account JWT yet: the caller
-    must re-sign and push the account before handing out a user JWT signed by it.
+    ``roles``: the set's ``RoleSpec``s when the caller loaded them already. Returns (key,
+    created). A created key is not in the served account JWT yet: the caller must re-sign
+    and push the account before handing out a user JWT signed by it.
     """
-    roles = await load_roles(session, role_names)
+    if roles is None:
+        roles = await load_roles(session, role_names)
     name = role_set_name(roles)
-    key = await session.scalar(
-        select(AccountSigningKey).where(
-            AccountSigningKey.account_id == account.id,
-            AccountSigningKey.role_set == name,
-            AccountSigningKey.retired_at.is_(None),
-        )
-    )
+    key = await session.scalar(_SCOPED_KEY, {"account_id": account.id, "role_set": name})
     if key is not None:
         return key, False
     public, seed = new_keypair("account")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.accounts.service import (
@@ -23,7 +24,7 @@ from resolver.accounts.service import (
 )
 from resolver.audit.service import Actor, record
 from resolver.config import Settings
-from resolver.db.models import Account, IssuedUserKey, Revocation, User
+from resolver.db.models import Account, AccountSigningKey, IssuedUserKey, Revocation, User
 from resolver.errors import ConflictError, NotFoundError, ValidationError
 from resolver.natsjwt import (
     encode,
@@ -120,12 +121,21 @@ async def issue_person_creds(
     ttl_seconds = min(DEFAULT_TTL if ttl_seconds is None else ttl_seconds, cap)
 
     when = int(time.time()) if now is None else now
+    key, created = await scoped_key_for(session, sealer, account, role_names)
+    if created:
+        # The new scoped key must be in the served (and pushed) account JWT before a user
+        # JWT signed by it can connect.
+        await resign_account(session, sealer, settings, account, force=True)
+    if public_key is not None:
+        await check_public_key(
+            session, account.id, public_key, user_id=user.id, name=user.user_name
+        )
     signed = await sign_scoped_user(
         session,
         sealer,
-        settings,
         account,
-        role_names,
+        key,
+        new_signing_key=created,
         name=user.user_name,
         tags=[group_tag(g) for g in groups],
         public_key=public_key,
@@ -170,13 +180,111 @@ class SignedUser:
     new_signing_key: bool
 
 
+def _key_state(owner: ColumnElement[bool]) -> Select[tuple[bool, bool]]:
+    """(revoked here, issued here to someone else) for one public key, in one statement."""
+    account_id, public_key = bindparam("account_id"), bindparam("public_key")
+    return select(
+        exists().where(Revocation.account_id == account_id, Revocation.public_key == public_key),
+        exists().where(
+            IssuedUserKey.account_id == account_id,
+            IssuedUserKey.public_key == public_key,
+            owner,
+        ),
+    )
+
+
+# Built once: on the hot path of issuing credentials. "Someone else" for a person is any
+# other user or a workload; for a workload, any person or another workload name.
+_KEY_STATE_PERSON = _key_state(
+    or_(IssuedUserKey.user_id.is_(None), IssuedUserKey.user_id != bindparam("user_id"))
+)
+_KEY_STATE_WORKLOAD = _key_state(
+    or_(IssuedUserKey.user_id.is_not(None), IssuedUserKey.name != bindparam("name"))
+)
+
+
+def _key_and_state(owner: ColumnElement[bool]) -> Select[Any]:
+    # A one-row anchor outer-joined to the key: the row exists even before the key does.
+    anchor = select(literal(1).label("one")).subquery()
+    revoked, taken = _key_state(owner).selected_columns
+    return (
+        select(AccountSigningKey, revoked, taken)
+        .select_from(anchor)
+        .outerjoin(
+            AccountSigningKey,
+            and_(
+                AccountSigningKey.account_id == bindparam("account_id"),
+                AccountSigningKey.role_set == bindparam("role_set"),
+                AccountSigningKey.retired_at.is_(None),
+            ),
+        )
+    )
+
+
+_KEY_AND_STATE_PERSON = _key_and_state(
+    or_(IssuedUserKey.user_id.is_(None), IssuedUserKey.user_id != bindparam("user_id"))
+)
+_KEY_AND_STATE_WORKLOAD = _key_and_state(
+    or_(IssuedUserKey.user_id.is_not(None), IssuedUserKey.name != bindparam("name"))
+)
+
+
+async def scoped_key_checked(
+    session: AsyncSession,
+    account_id: int,
+    role_set: str,
+    public_key: str | None,
+    *,
+    user_id: str | None,
+    name: str,
+) -> AccountSigningKey | None:
+    """The account's live scoped key for ``role_set`` (None: not made yet), with
+    ``public_key`` checked as ``check_public_key`` does, in one statement (the hot path)."""
+    statement = _KEY_AND_STATE_PERSON if user_id is not None else _KEY_AND_STATE_WORKLOAD
+    params = {
+        "account_id": account_id,
+        "role_set": role_set,
+        "public_key": public_key,
+        "user_id": user_id,
+        "name": name,
+    }
+    key, revoked, taken = (await session.execute(statement, params)).one()
+    _refuse_key(revoked=bool(revoked), taken=bool(taken))
+    return key
+
+
+def _refuse_key(*, revoked: bool, taken: bool) -> None:
+    if revoked:
+        raise ConflictError("that public key was revoked in this account: make a new key")
+    if taken:
+        raise ConflictError(
+            "that public key was issued to someone else in this account: make a new key"
+        )
+
+
+async def check_public_key(
+    session: AsyncSession, account_id: int, public_key: str, *, user_id: str | None, name: str
+) -> None:
+    """Refuse a caller's public key revoked in the account or issued there to someone else.
+
+    Revocation is by public key: a key revoked once must not come back (a JWT issued in the
+    entry's second would be born revoked anyway), and a key shared with another person or
+    workload would let one's deprovisioning cut the other off, or leave them sharing the
+    access. A workload (no ``user_id``) is known by its ``name``. One statement.
+    """
+    statement = _KEY_STATE_PERSON if user_id is not None else _KEY_STATE_WORKLOAD
+    params = {"account_id": account_id, "public_key": public_key, "user_id": user_id, "name": name}
+    revoked, taken = (await session.execute(statement, params)).one()
+    _refuse_key(revoked=bool(revoked), taken=bool(taken))
+
+
 async def sign_scoped_user(
     session: AsyncSession,
     sealer: Sealer,
-    settings: Settings,
     account: Account,
-    role_names: list[str],
+    key: AccountSigningKey,
     *,
+    new_signing_key: bool,
     name: str,
     tags: list[str],
     public_key: str | None,
@@ -184,48 +292,17 @@ async def sign_scoped_user(
     user_id: str | None,
     now: int | None = None,
 ) -> SignedUser:
-    """Sign and record a user JWT with ``account``'s scoped key for ``role_names``.
+    """Sign and record a user JWT with ``account``'s scoped ``key``.
 
-    The caller has decided the person or workload may have these roles (and locked the
-    account). ``public_key`` None: a key pair is made and its seed returned in ``creds``
-    (and never stored). A key revoked in the account, or issued there to another person
-    or workload, is refused: revocation is by public key.
+    The caller decided the person or workload may have the key's roles, holds the account
+    lock, re-signed the account if the key is new, and checked ``public_key`` with
+    ``check_public_key``. ``public_key`` None: a key pair is made and its seed returned in
+    ``creds`` (and never stored).
     """
-    key, created = await scoped_key_for(session, sealer, account, role_names)
-    if created:
-        # The new scoped key must be in the served (and pushed) account JWT before a user
-        # JWT signed by it can connect.
-        await resign_account(session, sealer, settings, account, force=True)
     when = int(time.time()) if now is None else now
     seed = None
     if public_key is None:
         public_key, seed = new_keypair("user")
-    elif await session.scalar(
-        select(Revocation.id).where(
-            Revocation.account_id == account.id, Revocation.public_key == public_key
-        )
-    ):
-        # A JWT issued for it in the entry's second would be born revoked, and a key that
-        # was revoked once should not come back anyway.
-        raise ConflictError("that public key was revoked in this account: make a new key")
-    else:
-        owner = (
-            or_(IssuedUserKey.user_id.is_(None), IssuedUserKey.user_id != user_id)
-            if user_id is not None
-            else or_(IssuedUserKey.user_id.is_not(None), IssuedUserKey.name != name)
-        )
-        if await session.scalar(
-            select(IssuedUserKey.id).where(
-                IssuedUserKey.account_id == account.id,
-                IssuedUserKey.public_key == public_key,
-                owner,
-            )
-        ):
-            # Sharing a key with another person or workload would let one's deprovisioning
-            # cut the other off (and leave them to share the access).
-            raise ConflictError(
-                "that public key was issued to someone else in this account: make a new key"
-            )
     claims = user_claims(
         name,
         public_key,
@@ -242,21 +319,5 @@ async def sign_scoped_user(
         jwt=token,
         creds=format_creds(token, seed) if seed is not None else None,
         issued=issued,
-        new_signing_key=created,
-    )
-
-
-async def live_keys_count(session: AsyncSession, account_id: int, now: int) -> int:
-    """Issued, unrevoked, unexpired user keys in an account (for size estimates)."""
-    return int(
-        await session.scalar(
-            select(func.count())
-            .select_from(IssuedUserKey)
-            .where(
-                IssuedUserKey.account_id == account_id,
-                IssuedUserKey.revoked_at.is_(None),
-                or_(IssuedUserKey.expires_at.is_(None), IssuedUserKey.expires_at > now),
-            )
-        )
-        or 0
+        new_signing_key=new_signing_key,
     )

@@ -11,6 +11,7 @@ from resolver import admin, credentials, health, jobs, policy, push, scim
 from resolver.accounts import views as account_views
 from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
 from resolver.config import Settings
+from resolver.credentials.callout_ctx import setup_callout
 from resolver.db.engine import create_engine, create_sessionmaker
 from resolver.db.migrate import head_revision
 from resolver.http.handling import add_fallback, check_all_handled
@@ -48,6 +49,8 @@ def create_app(
     scim.setup(app)
     policy.setup(app)
     credentials.setup(app)
+    # After push (stops before the push connection) and credentials (its verifier).
+    setup_callout(app)
     add_fallback(app)
     app.on_startup.append(_check_routes)
     return app

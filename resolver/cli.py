@@ -90,6 +90,11 @@ def cli() -> None:
 @click.option("--public-url", default="", help="URL nats-server uses to reach this service.")
 @click.option("--nats-url", default="nats://127.0.0.1:4222", show_default=True)
 @click.option("--operator-name", default="nats-iam-resolver", show_default=True)
+@click.option(
+    "--auth-callout",
+    is_flag=True,
+    help="Also set up the auth callout: clients connect with an IdP token (see README).",
+)
 def init(
     data_dir: Path | None,
     config: Path | None,
@@ -98,6 +103,7 @@ def init(
     public_url: str,
     nats_url: str,
     operator_name: str,
+    auth_callout: bool,
 ) -> None:
     """Create (or complete) a data directory: config, master key, database, operator, creds."""
     from resolver.bootstrap import initialize, write_config
@@ -105,8 +111,15 @@ def init(
     if config is None:
         config = (data_dir or DEFAULT_CONFIG_PATH.parent) / "resolver.toml"
     config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    wrote = write_config(config, host=host, port=port, public_url=public_url, nats_url=nats_url)
-    report = run(initialize(config, operator_name=operator_name))
+    wrote = write_config(
+        config,
+        host=host,
+        port=port,
+        public_url=public_url,
+        nats_url=nats_url,
+        auth_callout=auth_callout,
+    )
+    report = run(initialize(config, operator_name=operator_name, auth_callout=auth_callout))
     if wrote:
         report.created.insert(0, f"config {config}")
     for item in report.created:
@@ -115,6 +128,16 @@ def init(
         click.echo(f"{config}: already initialised, nothing to do")
     click.echo(f"operator        {report.operator_key}")
     click.echo(f"system account  {report.system_account_key}")
+    if report.auth_callout is not None:
+        callout = report.auth_callout
+        click.echo(f"auth account    {callout.account_name} {callout.account_public_key}")
+        click.echo(f"callout user    {callout.user_public_key}")
+        click.echo(f"callout xkey    {callout.xkey_public_key}")
+        click.echo(
+            "clients connect with just their IdP token (nats-server 2.11.2+ has the sentinel "
+            "in its config as default_sentinel); older servers: also pass the creds "
+            f"{report.sentinel_creds_path}"
+        )
     click.echo(f"nats-server -c {report.nats_config_path}")
 
 
@@ -443,13 +466,17 @@ def nats_config(config: Path | None, monitor_port: int | None) -> None:
     """Print the nats-server configuration for this operator."""
     from resolver.accounts.operator import get_operator
     from resolver.bootstrap import render_nats_config
+    from resolver.credentials.callout_keys import default_sentinel
 
     settings = settings_from(config)
 
     async def go() -> str:
         async with cli_session(settings) as session:
             return render_nats_config(
-                settings, await get_operator(session), monitor_port=monitor_port
+                settings,
+                await get_operator(session),
+                monitor_port=monitor_port,
+                default_sentinel=await default_sentinel(session, settings),
             )
 
     click.echo(run(go()), nl=False)

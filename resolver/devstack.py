@@ -89,6 +89,12 @@ async def _run(config_path: Path) -> int:
     try:
         await _wait_for_nats(settings.nats.servers[0], report.creds_path)
         base = settings.public_url
+        callout = (
+            f"\n  auth callout  on, account {report.auth_callout.account_name}: clients connect "
+            "with just an IdP token (nats-py: token=...)"
+            if report.auth_callout is not None
+            else ""
+        )
         print(
             f"""
 nats-iam-resolver is running.
@@ -96,7 +102,7 @@ nats-iam-resolver is running.
   resolver      {base}   (nats-server resolves accounts at {base}/jwt/v1/accounts/)
   health        {base}/readyz
   nats-server   {settings.nats.servers[0]}   (log: {log_path})
-  system creds  {report.creds_path}
+  system creds  {report.creds_path}{callout}
 
   SCIM token    {scim_token}
   admin token   {admin_token}

@@ -126,6 +126,7 @@ async def build_account_claims(
         exports=spec.get("exports", []),
         imports=spec.get("imports", []),
         description=spec.get("description"),
+        authorization=spec.get("authorization"),
         revocations=revocations,
         signing_keys=await account_signing_keys(session, account),
         exp=now + ttl_seconds,

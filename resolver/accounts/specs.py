@@ -11,7 +11,7 @@ from typing import Any
 from resolver.errors import ValidationError
 from resolver.natsjwt import JWTError, account_claims, new_keypair
 
-SPEC_FIELDS = ("limits", "tags", "exports", "imports", "description")
+SPEC_FIELDS = ("limits", "tags", "exports", "imports", "description", "authorization")
 _BOOL_LIMITS = frozenset({"wildcards", "disallow_bearer", "max_bytes_required"})
 # Any valid account key: the spec is checked by building claims before the real key exists.
 _PLACEHOLDER_KEY = new_keypair("account")[0]
@@ -37,6 +37,9 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         raise ValidationError("spec.tags must be a list of strings")
     if not isinstance(clean.get("description", ""), str):
         raise ValidationError("spec.description must be a string")
+    # Auth callout (`init --auth-callout`): {auth_users, allowed_accounts, xkey}.
+    if not isinstance(clean.get("authorization", {}), dict):
+        raise ValidationError("spec.authorization must be an object")
     try:
         account_claims(
             "spec-check",
@@ -46,6 +49,7 @@ def validate_spec(spec: Any) -> dict[str, Any]:
             exports=clean.get("exports", []),
             imports=clean.get("imports", []),
             description=clean.get("description"),
+            authorization=clean.get("authorization"),
         )
     except JWTError as exc:
         raise ValidationError(f"invalid spec: {exc}") from None

@@ -270,6 +270,33 @@ class IssuedKeyClaim(Base):
     binding_id: Mapped[int] = mapped_column(Integer, index=True)
 
 
+class AuthCalloutKeys(Base):
+    """The keys of the auth callout: which user answers, what the server encrypts to.
+
+    One row per auth account (``init --auth-callout``). Seeds are sealed like every other;
+    replicas need only the database and the master key to answer callouts.
+    """
+
+    __tablename__ = "auth_callout_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), unique=True
+    )
+    #: The callout service's user (the account JWT's ``authorization.auth_users``).
+    user_public_key: Mapped[str] = mapped_column(NKEY, unique=True)
+    user_seed_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The curve key requests are encrypted to (``authorization.xkey``).
+    xkey_public_key: Mapped[str] = mapped_column(NKEY, unique=True)
+    xkey_seed_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The bearer user JWT (deny all) that clients without a JWT of their own connect as,
+    #: nats-server's ``default_sentinel``; its seed only fills a creds file.
+    sentinel_public_key: Mapped[str] = mapped_column(NKEY, unique=True)
+    sentinel_seed_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    sentinel_jwt: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Revocation(Base):
     __tablename__ = "revocations"
     __table_args__ = (UniqueConstraint("account_id", "public_key"),)

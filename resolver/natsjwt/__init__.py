@@ -37,6 +37,7 @@ from .errors import (
 from .gojson import go_json_dumps, go_json_loads
 from .keys import is_public_key, new_keypair, public_key_kind, public_key_of, seed_kind
 from .permissions import permission, permissions, response_permission, scoped_signing_key
+from .xkeys import XKEY_VERSION, XKeyError, xkey_open, xkey_seal
 
 __all__ = [
     "ALGORITHM",
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_TOKEN_SIZE",
     "NO_LIMIT",
     "STANDARD_FIELDS",
+    "XKEY_VERSION",
     "CredsError",
     "DecodedJWT",
     "JWTClaimTypeError",
@@ -58,6 +60,7 @@ __all__ = [
     "JWTTooLargeError",
     "JWTVersionError",
     "NkeyAlgorithm",
+    "XKeyError",
     "account_claims",
     "account_limits",
     "compute_jti",
@@ -80,4 +83,6 @@ __all__ = [
     "seed_kind",
     "sign_payload",
     "user_claims",
+    "xkey_open",
+    "xkey_seal",
 ]

@@ -1,0 +1,234 @@
+"""Credentials: issued per second, and p50/p99 latency at a fixed rate, for token exchange
+(``POST /v1/credentials``) and for auth callout (from CONNECT to the server's acceptance).
+Prints a table.
+
+    .venv/bin/python bench/credentials.py [--seconds 10] [--rate 200] [--database-url URL]
+
+The stack is the product as an operator runs it (tests/support/stack.py): ``init
+--auth-callout``, ``serve`` pinned to ONE core, a real nats-server; a local IdP stand-in
+(tests/support/idp.py) signs RS256 tokens for 50 users of one group bound to one account.
+Tokens and user keys are made before the clock starts, so the load generator (this process,
+on the other core) spends its time sending.
+
+- closed loop: 8 concurrent clients as fast as the service answers: issued per second;
+- open loop at ``--rate`` per second for ``--seconds``: every request starts on schedule
+  whether or not the previous ones finished; latency is measured from that start;
+- reference, same run, same rate: ``GET /healthz`` on the same service (the HTTP floor);
+- auth callout: ``nats.connect(token=...)`` at ``--rate`` per second, timed from the start
+  of the connect to its return (the server answered +OK after the callout's reply), each
+  connection closed after; reference: the same connects with a creds file (no callout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+from aiohttp import ClientSession
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from resolver.natsjwt import new_keypair
+from tests.support.idp import running_idp
+from tests.support.stack import Api, Stack
+
+USERS = 50
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+async def open_loop(
+    rate: float, seconds: float, call: Callable[[int], Awaitable[bool]]
+) -> tuple[list[float], int]:
+    """Start call(i) every 1/rate s; latencies in ms (from the scheduled start), errors."""
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+
+    async def one(i: int, due: float) -> None:
+        nonlocal errors
+        ok = await call(i)
+        if ok:
+            latencies.append((time.perf_counter() - due) * 1000)
+        else:
+            errors += 1
+
+    tasks = []
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+async def closed_loop(
+    seconds: float, workers: int, call: Callable[[int], Awaitable[bool]]
+) -> float:
+    done = 0
+    counter = iter(range(10**9))
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            if await call(next(counter)):
+                done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return done / (time.perf_counter() - started)
+
+
+async def main(args: argparse.Namespace) -> None:
+    with running_idp("corp") as idp, tempfile.TemporaryDirectory() as tmp:
+        stack = Stack.start(
+            Path(tmp) / "stack",
+            database_url=args.database_url or None,
+            log_level="WARNING",
+            service_core=0,
+            extra_config=idp.config(user_claim="email", user_attribute="userName"),
+            init_args=("--auth-callout",),
+        )
+        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {1})
+        try:
+            deadline = time.monotonic() + 15
+            while "auth callout answering" not in stack.service_output():
+                assert time.monotonic() < deadline, stack.service_output()
+                await asyncio.sleep(0.05)
+            async with ClientSession() as http:
+                rows = await run(args, stack, idp, http, Path(tmp))
+        finally:
+            stack.stop()
+    width = max(len(name) for name, *_ in rows)
+    print(f"\n{'measure'.ljust(width)}  {'result':<28}  target / reference")
+    print(f"{'-' * width}  {'-' * 28}  {'-' * 34}")
+    for name, value, note in rows:
+        print(f"{name.ljust(width)}  {value:<28}  {note}".rstrip())
+
+
+async def run(
+    args: argparse.Namespace, stack: Stack, idp: Any, http: ClientSession, tmp: Path
+) -> list[tuple[str, str, str]]:
+    api = Api.of(stack, http, tmp)
+    people = [await api.user(f"p{i}@example.com") for i in range(USERS)]
+    await api.group("bench-people", people)
+    await api.account("BENCH")
+    await api.role("bench-rw", publish=["bench.>"], subscribe=["bench.>"], max_ttl="1h")
+    await api.binding("BENCH", "bench-rw", group="bench-people")
+    total = int(args.rate * args.seconds) * 2 + 20_000
+    tokens = [idp.token(f"s{i}", email=f"p{i}@example.com", ttl=3600) for i in range(USERS)]
+    print(f"making {total:,} user keys...", file=sys.stderr)
+    keys = [new_keypair("user")[0] for _ in range(total)]
+    url = stack.base_url + "/v1/credentials"
+    used = iter(range(total))
+
+    async def exchange(i: int) -> bool:
+        body = {"public_key": keys[next(used)]}
+        headers = {"Authorization": f"Bearer {tokens[i % USERS]}"}
+        async with http.post(url, json=body, headers=headers) as response:
+            await response.read()
+            return response.status == 201
+
+    async def healthz(_i: int) -> bool:
+        async with http.get(stack.base_url + "/healthz") as response:
+            await response.read()
+            return response.status == 200
+
+    for i in range(50):  # warm up: the first issue makes the scoped key
+        assert await exchange(i)
+    rows: list[tuple[str, str, str]] = []
+    per_second = await closed_loop(min(args.seconds, 5), 8, exchange)
+    rows.append(("token exchange, closed loop (8 clients)", f"{per_second:,.0f} issued/s", ""))
+    ref, ref_errors = await open_loop(args.rate, args.seconds, healthz)
+    lat, errors = await open_loop(args.rate, args.seconds, exchange)
+    target = "p99 < 10 ms: " + ("met" if pct(lat, 0.99) < 10 else "NOT met")
+    rows.append(
+        (
+            f"token exchange at {args.rate:.0f}/s, p50 / p99 / max",
+            f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} / {max(lat):.1f} ms",
+            f"{target}; errors {errors}",
+        )
+    )
+    rows.append(
+        (
+            f"reference GET /healthz at {args.rate:.0f}/s",
+            f"{pct(ref, 0.5):.1f} / {pct(ref, 0.99):.1f} / {max(ref):.1f} ms",
+            f"p99 ratio {pct(lat, 0.99) / pct(ref, 0.99):.1f}x; errors {ref_errors}",
+        )
+    )
+
+    async def callout(i: int) -> bool:
+        try:
+            nc = await nats.connect(
+                stack.nats_url,
+                token=tokens[i % USERS],
+                allow_reconnect=False,
+                connect_timeout=3,
+            )
+        except Exception:
+            return False
+        await nc.close()
+        return True
+
+    creds = await api.creds("p0@example.com", "BENCH")
+
+    async def plain(_i: int) -> bool:
+        try:
+            nc = await nats.connect(
+                stack.nats_url, user_credentials=str(creds), allow_reconnect=False
+            )
+        except Exception:
+            return False
+        await nc.close()
+        return True
+
+    for i in range(20):
+        await callout(i)
+    per_second = await closed_loop(min(args.seconds, 5), 8, callout)
+    rows.append(("auth callout, closed loop (8 clients)", f"{per_second:,.0f} connects/s", ""))
+    ref, ref_errors = await open_loop(args.rate, args.seconds, plain)
+    lat, errors = await open_loop(args.rate, args.seconds, callout)
+    rows.append(
+        (
+            f"auth callout connect at {args.rate:.0f}/s, p50 / p99 / max",
+            f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} / {max(lat):.1f} ms",
+            f"nats-server auth timeout 2000 ms: max is {max(lat) / 2000:.1%} of it; "
+            f"errors {errors}",
+        )
+    )
+    rows.append(
+        (
+            f"reference creds-file connect at {args.rate:.0f}/s",
+            f"{pct(ref, 0.5):.1f} / {pct(ref, 0.99):.1f} / {max(ref):.1f} ms",
+            f"p99 ratio {pct(lat, 0.99) / pct(ref, 0.99):.1f}x; errors {ref_errors}",
+        )
+    )
+    await api.close_clients()
+    return rows
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--database-url", default="")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

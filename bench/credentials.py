@@ -106,10 +106,6 @@ async def main(args: argparse.Namespace) -> None:
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(0, {1})
         try:
-            deadline = time.monotonic() + 15
-            while "auth callout answering" not in stack.service_output():
-                assert time.monotonic() < deadline, stack.service_output()
-                await asyncio.sleep(0.05)
             async with ClientSession() as http:
                 rows = await run(args, stack, idp, http, Path(tmp))
         finally:
@@ -197,6 +193,10 @@ async def run(
         await nc.close()
         return True
 
+    deadline = time.monotonic() + 15  # the callout subscription comes up after serve
+    while not await callout(0):
+        assert time.monotonic() < deadline, stack.service_output()
+        await asyncio.sleep(0.1)
     for i in range(20):
         await callout(i)
     per_second = await closed_loop(min(args.seconds, 5), 8, callout)

@@ -43,6 +43,16 @@ from tests.support.stack import Api, Stack
 USERS = 50
 
 
+def python_loop_seconds() -> float:
+    """A fixed pure-Python workload: how fast this machine is right now (the same box has
+    run 40% slower an hour later), so results of different runs can be compared."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - started
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
@@ -147,7 +157,13 @@ async def run(
 
     for i in range(50):  # warm up: the first issue makes the scoped key
         assert await exchange(i)
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str]] = [
+        (
+            "machine: 10M-step Python loop",
+            f"{python_loop_seconds():.2f} s",
+            "smaller is faster; compare runs by it",
+        )
+    ]
     per_second = await closed_loop(min(args.seconds, 5), 8, exchange)
     rows.append(("token exchange, closed loop (8 clients)", f"{per_second:,.0f} issued/s", ""))
     ref, ref_errors = await open_loop(args.rate, args.seconds, healthz)
@@ -168,6 +184,9 @@ async def run(
         )
     )
 
+    async def quiet(_exc: Exception) -> None:
+        pass  # a refused connect is counted, not printed
+
     async def callout(i: int) -> bool:
         try:
             nc = await nats.connect(
@@ -175,6 +194,7 @@ async def run(
                 token=tokens[i % USERS],
                 allow_reconnect=False,
                 connect_timeout=3,
+                error_cb=quiet,
             )
         except Exception:
             return False
@@ -186,7 +206,7 @@ async def run(
     async def plain(_i: int) -> bool:
         try:
             nc = await nats.connect(
-                stack.nats_url, user_credentials=str(creds), allow_reconnect=False
+                stack.nats_url, user_credentials=str(creds), allow_reconnect=False, error_cb=quiet
             )
         except Exception:
             return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -37,6 +38,7 @@ from resolver.natsjwt import (
     JWTError,
     decode,
     encode,
+    encode_with_payload,
     format_creds,
     is_public_key,
     new_keypair,
@@ -305,44 +307,46 @@ async def issue_workload_creds(
     claims = user_claims(
         name, user_public, issuer_account=account.public_key, exp=when + ttl_seconds
     )
-    token = encode(claims, sealer.open(signer.seed_sealed), iat=when)
-    issued = await record_issued_key(
-        session, account, token, name=name, signing_key=signer.public_key, user_id=None
+    token, payload = encode_with_payload(claims, sealer.open(signer.seed_sealed), iat=when)
+    issued = record_issued_key(
+        session, account, payload, name=name, signing_key=signer.public_key, user_id=None
     )
-    decoded = decode(token, expected_type="user")
     record(
         session,
         actor,
         "account.user.issue",
         target=account.public_key,
-        details={"user_key": user_public, "name": name, "expires_at": decoded.exp},
+        details={"user_key": user_public, "name": name, "expires_at": issued.expires_at},
     )
     return format_creds(token, user_seed), issued
 
 
-async def record_issued_key(
+def record_issued_key(
     session: AsyncSession,
     account: Account,
-    token: str,
+    payload: Mapping[str, Any],
     *,
     name: str,
     signing_key: str,
     user_id: str | None,
 ) -> IssuedUserKey:
-    """Record a user JWT handed out: what a later revocation must cover, and until when."""
-    decoded = decode(token, expected_type="user")
+    """Record a user JWT handed out (``payload``: its claims, from ``encode_with_payload``):
+    what a later revocation must cover, and until when.
+
+    Added, not flushed: it goes in with the transaction's other writes (one flush, at
+    the commit or before the next query); flush first if you need its ``id``.
+    """
     issued = IssuedUserKey(
-        public_key=decoded.subject,
+        public_key=payload["sub"],
         account_id=account.id,
         user_id=user_id,
         name=name,
         signing_key=signing_key,
-        jti=decoded.jti,
-        issued_at=decoded.iat,
-        expires_at=decoded.exp,
+        jti=payload["jti"],
+        issued_at=payload["iat"],
+        expires_at=payload.get("exp"),
     )
     session.add(issued)
-    await session.flush()
     return issued
 
 

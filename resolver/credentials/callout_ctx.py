@@ -56,6 +56,13 @@ STOP_GRACE_SECONDS = 3.0
 PUSH_WAIT_CAP_SECONDS = 2.0
 #: Said to the server when something unexpected failed (details only in our log).
 INTERNAL_ERROR = "internal error in the auth callout service"
+#: A request that waited longer than this for its turn is refused without a decision:
+#: past half the server's 2 s auth timeout the answer would likely come too late to be
+#: read, and deciding it anyway takes the turn of requests that could still be answered.
+SHED_AFTER_SECONDS = 1.0
+OVERLOADED = "the auth callout service is overloaded; try again"
+#: Refusals for overload are logged as a count at most this often.
+SHED_REPORT_SECONDS = 10.0
 
 
 class CalloutService:
@@ -75,6 +82,8 @@ class CalloutService:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._failing = False
+        self._shed = 0
+        self._shed_reported = 0.0
 
     @property
     def connected(self) -> bool:
@@ -125,13 +134,13 @@ class CalloutService:
     async def _on_request(self, msg: Msg) -> None:
         # nats-py runs a subscription's callbacks one after another: hand each request to a
         # task of its own, so one slow decision (a JWKS fetch, a push wait) delays no other.
-        task = asyncio.create_task(self._handle(msg))
+        task = asyncio.create_task(self._handle(msg, time.monotonic()))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, received: float) -> None:
         async with self._slots:
-            answer = await self.answer(msg.data, msg.headers)
+            answer = await self.answer(msg.data, msg.headers, waited=time.monotonic() - received)
         if answer is None or not msg.reply:
             return
         try:
@@ -140,22 +149,32 @@ class CalloutService:
         except Exception as exc:  # the connection broke meanwhile; the server times out
             log.warning("could not send the auth callout answer: %s", type(exc).__name__)
 
-    async def answer(self, data: bytes, headers: Mapping[str, str] | None) -> bytes | None:
-        """The answer to one request; None when it cannot be answered at all."""
+    async def answer(
+        self, data: bytes, headers: Mapping[str, str] | None, *, waited: float = 0.0
+    ) -> bytes | None:
+        """The answer to one request (``waited``: seconds it queued for its turn); None
+        when it cannot be answered at all."""
         # Every log line and audit row of this request carries its id.
         token = request_id_var.set(f"callout-{uuid.uuid4().hex[:16]}")
         try:
-            return await self._answer(data, headers)
+            return await self._answer(data, headers, waited)
         finally:
             request_id_var.reset(token)
 
-    async def _answer(self, data: bytes, headers: Mapping[str, str] | None) -> bytes | None:
+    async def _answer(
+        self, data: bytes, headers: Mapping[str, str] | None, waited: float
+    ) -> bytes | None:
         responder = self._responder
         try:
             request = responder.read(data, headers)
         except CalloutRequestError as exc:
             log.warning("ignored an auth callout request: %s", exc)
             return None
+        if waited > SHED_AFTER_SECONDS:
+            # Not a decision about anyone, so no audit row (whose write would cost the
+            # very time that is short); a count in the log instead.
+            self._count_shed()
+            return responder.refuse(request, OVERLOADED)
         try:
             issued = await self._decide(request)
         except CalloutRefusedError as refusal:
@@ -196,6 +215,17 @@ class CalloutService:
                 request,
                 request_id=request_id_var.get(),
             )
+
+    def _count_shed(self) -> None:
+        self._shed += 1
+        now = time.monotonic()
+        if now - self._shed_reported >= SHED_REPORT_SECONDS:
+            log.warning(
+                "auth callout overloaded: refused %d request(s) that waited over %.1f s",
+                self._shed,
+                SHED_AFTER_SECONDS,
+            )
+            self._shed, self._shed_reported = 0, now
 
     async def _audit_refusal(self, request: AuthRequest, refusal: CalloutRefusedError) -> None:
         try:

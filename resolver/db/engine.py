@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from resolver.db.sqlite_driver import one_trip_dbapi
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # SQLite ignores foreign keys unless asked per connection, and WAL lets readers (the
@@ -29,6 +31,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     kwargs: dict[str, Any] = {"echo": echo}
     if url.startswith("postgresql"):
         kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+    if url.startswith("sqlite+aiosqlite"):
+        # aiosqlite, with one thread round trip per statement (see sqlite_driver).
+        kwargs["module"] = one_trip_dbapi()
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -237,10 +237,15 @@ class IssuedUserKey(Base):
     """Every user JWT handed out: what a revocation must cover and when it stops mattering."""
 
     __tablename__ = "issued_user_keys"
-    __table_args__ = (Index("ix_issued_user_keys_account_user", "account_id", "user_id"),)
+    __table_args__ = (
+        Index("ix_issued_user_keys_account_user", "account_id", "user_id"),
+        # Both columns: "was this key issued in this account" is on every credentials
+        # request, and with account_id alone the planner walks all the account's keys.
+        Index("ix_issued_user_keys_public_key_account", "public_key", "account_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    public_key: Mapped[str] = mapped_column(NKEY, index=True)
+    public_key: Mapped[str] = mapped_column(NKEY)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     #: The SCIM user, or null for a workload credential.
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

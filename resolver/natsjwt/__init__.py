@@ -18,6 +18,7 @@ from .codec import (
     compute_jti,
     decode,
     encode,
+    encode_with_payload,
     prepare_claims,
     sign_payload,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "compute_jti",
     "decode",
     "encode",
+    "encode_with_payload",
     "format_creds",
     "go_json_dumps",
     "go_json_loads",

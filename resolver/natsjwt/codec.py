@@ -179,12 +179,21 @@ def encode(claims: Mapping[str, Any], signer_seed: bytes, *, iat: int | None = N
     ``nats.version``; refuses issuer/subject key kinds the claim type does not allow,
     so a token nobody would accept is never produced.
     """
+    return encode_with_payload(claims, signer_seed, iat=iat)[0]
+
+
+def encode_with_payload(
+    claims: Mapping[str, Any], signer_seed: bytes, *, iat: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``encode``, also returning the payload as signed (``sub``, ``iat``, ``exp``,
+    ``jti``...), for callers that record it: decoding the token again would verify a
+    signature made a moment ago."""
     issuer = public_key_of(signer_seed)
     when = int(time.time()) if iat is None else int(iat)
     payload = prepare_claims(claims, issuer=issuer, iat=when)
     _check_key_rules(payload)
     try:
-        return sign_payload(go_json_dumps(payload), signer_seed)
+        return sign_payload(go_json_dumps(payload), signer_seed), payload
     except ValueError as exc:
         raise JWTClaimsError(str(exc)) from None
 

@@ -27,7 +27,7 @@ from resolver.config import Settings
 from resolver.db.models import Account, AccountSigningKey, IssuedUserKey, Revocation, User
 from resolver.errors import ConflictError, NotFoundError, ValidationError
 from resolver.natsjwt import (
-    encode,
+    encode_with_payload,
     format_creds,
     is_public_key,
     new_keypair,
@@ -311,9 +311,9 @@ async def sign_scoped_user(
         exp=expires_at,
         scoped=True,
     )
-    token = encode(claims, sealer.open(key.seed_sealed), iat=when)
-    issued = await record_issued_key(
-        session, account, token, name=name, signing_key=key.public_key, user_id=user_id
+    token, payload = encode_with_payload(claims, sealer.open(key.seed_sealed), iat=when)
+    issued = record_issued_key(
+        session, account, payload, name=name, signing_key=key.public_key, user_id=user_id
     )
     return SignedUser(
         jwt=token,

@@ -26,7 +26,7 @@ from resolver.credentials.callout import (
     CalloutRequestError,
     CalloutResponder,
 )
-from resolver.credentials.callout_ctx import CalloutService
+from resolver.credentials.callout_ctx import OVERLOADED, SHED_AFTER_SECONDS, CalloutService
 from resolver.credentials.callout_keys import (
     CalloutKeys,
     default_sentinel,
@@ -347,6 +347,33 @@ async def test_refusals_answer_with_an_error_and_are_audited(
         assert entry.actor != "anonymous" and entry.details["idp"] == "corp"
     else:
         assert entry.actor == "anonymous"
+
+
+async def test_a_request_that_queued_too_long_is_refused_without_a_decision(
+    service: CalloutService,
+    sessions: Sessions,
+    keys: CalloutKeys,
+    world: World,
+    idp: IdpStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = idp.token("00u-alice", email="alice@example.com")
+    server = FakeServer()
+    request, user_nkey = server.request_jwt(keys.account_public_key, connect={"auth_token": token})
+    sealed = server.sealed(request, keys)
+    late = await service.answer(*sealed, waited=SHED_AFTER_SECONDS + 0.5)
+    assert late is not None
+    response, _ = server.read_answer(late, keys)
+    assert response.nats["error"] == OVERLOADED and "jwt" not in response.nats
+    assert response.subject == user_nkey
+    assert await issued_count(sessions) == 0
+    # not a decision about alice: counted in the log, not audited as her refusal
+    assert await audit(sessions, "credentials.refuse") == []
+    assert "overloaded: refused 1 request" in caplog.text
+    # the same request, on time, is decided (and allowed)
+    on_time = await service.answer(*sealed, waited=SHED_AFTER_SECONDS / 2)
+    assert on_time is not None and "jwt" in server.read_answer(on_time, keys)[0].nats
+    assert await issued_count(sessions) == 1
 
 
 async def test_requests_that_cannot_be_answered_get_no_answer(

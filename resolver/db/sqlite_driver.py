@@ -1,0 +1,206 @@
+"""aiosqlite under SQLAlchemy with one thread round trip per statement instead of four.
+
+SQLAlchemy's aiosqlite adapter asks aiosqlite's worker thread separately to make a cursor,
+execute, fetch the rows and close the cursor: four hand-offs to the thread and back, each
+one a wake-up of the event loop. Where the service runs on one core that is four context
+switches per statement, and they cost far more than SQLite itself: a trivial SELECT took
+~700 µs through the stock adapter against ~150 µs in one trip (bench/credentials.py shows
+what it does to the credentials hot path). Here ``execute`` sends one function to the
+thread that does all four and brings back the rows, description, rowcount and lastrowid.
+
+It leans on two internals, both pinned in pyproject.toml: aiosqlite's ``Connection._execute``
+(queue a function for its thread) and the shape of SQLAlchemy's ``AsyncAdapt_dbapi_cursor``.
+tests/db/test_sqlite_driver.py checks what SQLAlchemy relies on (rows, rowcount, lastrowid,
+RETURNING, executemany, errors, transactions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import sqlite3
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util.concurrency import await_
+
+#: As long as ``PRAGMA busy_timeout`` (resolver.db.engine): a writer waits no longer here.
+WRITER_WAIT_SECONDS = 10.0
+#: Statements before which sqlite3 (legacy transaction control) opens a transaction.
+_OPENS_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+_NO_RESULT: tuple[Any, int, int | None, list[Any]] = (None, -1, None, [])
+
+
+def _run(
+    conn: sqlite3.Connection, operation: str, parameters: Any, many: bool
+) -> tuple[Any, int, int | None, list[Any]]:
+    # On aiosqlite's thread: everything the caller will ask of the cursor, in one go.
+    cursor = conn.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return description, cursor.rowcount, cursor.lastrowid, rows
+    finally:
+        cursor.close()
+
+
+class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    """A cursor whose results are fetched whole at execute (as the stock adapter does
+    for every non-server-side cursor) and which holds no aiosqlite cursor open."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
+        # No super().__init__: that makes an aiosqlite cursor (one round trip) up front.
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._soft_closed_memoized = {}
+        self._rows = collections.deque()
+        self._done = _NO_RESULT
+
+    @property
+    def description(self) -> Any:
+        return self._done[0]
+
+    @property
+    def rowcount(self) -> int:
+        return self._done[1]
+
+    @property
+    def lastrowid(self) -> int:
+        return self._done[2]  # type: ignore[return-value]
+
+    @property
+    def arraysize(self) -> int:
+        return 1
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        pass
+
+    async def _async_soft_close(self) -> None:
+        return None  # nothing is held open: the rows were fetched at execute
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    def execute(self, operation: Any, parameters: Any = None) -> Any:
+        try:
+            return await_(self._trip(operation, parameters, many=False))
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        try:
+            return await_(self._trip(operation, seq_of_parameters, many=True))
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+
+    async def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
+        adapt: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        raw = connection._conn
+        if not raw.in_transaction and _OPENS_WRITE.match(operation):
+            await adapt.take_writer()
+        try:
+            async with adapt._execute_mutex:
+                self._done = await connection._execute(_run, raw, operation, parameters, many)
+        finally:
+            if not raw.in_transaction:
+                adapt.release_writer()  # the write failed, or it did not open a transaction
+        self._rows = collections.deque(self._done[3])
+
+    def nextset(self) -> None:
+        return None
+
+
+class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    """Also queues this process's writers on an asyncio lock (see ``take_writer``)."""
+
+    __slots__ = ("_writer_held",)
+    _cursor_cls = OneTripCursor
+
+    def __init__(self, dbapi: OneTripDBAPI, connection: aiosqlite.Connection) -> None:
+        super().__init__(dbapi, connection)
+        self._writer_held = False
+
+    async def take_writer(self) -> None:
+        """Wait for this process's other writers before opening a write transaction.
+
+        SQLite has one writer; one that finds the lock taken sleeps in the busy handler,
+        backing off up to 100 ms a try, whoever it waits for. Under a burst (credentials,
+        the auth callout, a SCIM import) that turned 5 ms requests into 500 ms ones.
+        Writers of this process take turns here instead, woken the moment the previous
+        one commits; the busy handler is left to other processes (the CLI).
+        """
+        if not self._writer_held:
+            try:
+                async with asyncio.timeout(WRITER_WAIT_SECONDS):
+                    await self.dbapi.writer.acquire()
+            except TimeoutError:
+                # What SQLite says when its own busy timeout runs out.
+                raise sqlite3.OperationalError("database is locked") from None
+            self._writer_held = True
+
+    def release_writer(self) -> None:
+        if self._writer_held:
+            self._writer_held = False
+            self.dbapi.writer.release()
+
+    # sqlite3 opens a transaction only before a write, so most commits (every read-only
+    # request) and the pool's rollback at check-in find none: no trip for those. Only
+    # this connection's own statements change that state, and none is running here.
+    def commit(self) -> None:
+        try:
+            if self._connection._conn.in_transaction:
+                super().commit()
+        finally:
+            self.release_writer()
+
+    def rollback(self) -> None:
+        try:
+            if self._connection._conn.in_transaction:
+                super().rollback()
+        finally:
+            self.release_writer()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release_writer()
+
+    def terminate(self) -> None:
+        try:
+            super().terminate()
+        finally:
+            self.release_writer()
+
+
+class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """The DBAPI module SQLAlchemy's aiosqlite dialect is given (``module=``): one per
+    engine, so one writer queue per database."""
+
+    def __init__(self, aiosqlite_module: Any, sqlite_module: Any) -> None:
+        super().__init__(aiosqlite_module, sqlite_module)
+        self.writer = asyncio.Lock()
+
+    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
+        stock = super().connect(*arg, **kw)
+        return OneTripConnection(self, stock._connection)
+
+
+def one_trip_dbapi() -> OneTripDBAPI:
+    return OneTripDBAPI(aiosqlite, sqlite3)

@@ -182,6 +182,11 @@ def authorization_from(value: Mapping[str, Any] | None) -> dict[str, Any]:
     accounts = string_list(value.get("allowed_accounts"))
     for user in users:
         require_key(user, "user", "authorization auth_users entry")
+    # nats-io/jwt's ExternalAuthorization.Validate refuses both; nats-server would too.
+    if accounts and not users:
+        raise JWTClaimsError("authorization allowed_accounts needs auth_users")
+    if "*" in accounts and len(accounts) > 1:
+        raise JWTClaimsError('authorization allowed_accounts is either "*" or account keys')
     for account in accounts:
         if account != "*":
             require_key(account, "account", "authorization allowed_accounts entry")

@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.db.models import Account, AccountSigningKey, Binding, Group, Role, utcnow
+from resolver.db.models import (
+    Account,
+    AccountSigningKey,
+    AuthCalloutKeys,
+    Binding,
+    Group,
+    Role,
+    utcnow,
+)
 from resolver.errors import ConflictError, ValidationError
 from resolver.policy.document import BindingSpec, PolicyDocument
 from resolver.policy.roles import RoleSpec, compile_template, parse_role
@@ -123,6 +131,9 @@ async def current_state(
                 Account.deleted_at.is_(None),
                 Account.is_system.is_(False),
                 Account.seed_sealed.is_not(None),
+                # The auth callout's account is init's (its authorization section is what
+                # the server relies on): a policy file neither changes nor prunes it.
+                ~exists().where(AuthCalloutKeys.account_id == Account.id),
             )
         )
     }
@@ -194,10 +205,18 @@ async def _check_accounts(
         )
     declared = sorted(set(doc.accounts) - set(managed))
     if declared:
-        for account in await session.scalars(
-            select(Account).where(Account.name.in_(declared), Account.deleted_at.is_(None))
-        ):
-            what = "the system account" if account.is_system else "managed elsewhere (nsc)"
+        rows = await session.execute(
+            select(Account, AuthCalloutKeys.id)
+            .outerjoin(AuthCalloutKeys, AuthCalloutKeys.account_id == Account.id)
+            .where(Account.name.in_(declared), Account.deleted_at.is_(None))
+        )
+        for account, callout in rows:
+            if account.is_system:
+                what = "the system account"
+            elif callout is not None:
+                what = "the auth callout's account (nats-iam-resolver init --auth-callout)"
+            else:
+                what = "managed elsewhere (nsc)"
             raise ConflictError(f"accounts.{account.name}: {what}; a policy file cannot declare it")
     for i, binding in enumerate(doc.bindings):
         if binding.account not in doc.accounts and binding.account not in managed:

@@ -46,6 +46,8 @@ from resolver.natsjwt import (
     xkey_open,
     xkey_seal,
 )
+from resolver.policy.document import parse_policy
+from resolver.policy.plan import plan_policy
 from resolver.sealing import Sealer
 from tests.accounts.conftest import ADMIN
 from tests.credentials.conftest import World
@@ -376,6 +378,20 @@ async def test_a_request_that_queued_too_long_is_refused_without_a_decision(
     assert await issued_count(sessions) == 1
 
 
+async def test_a_policy_file_neither_prunes_nor_declares_the_auth_account(
+    sessions: Sessions, keys: CalloutKeys, world: World
+) -> None:
+    keep_only = parse_policy("accounts:\n  KEEP: {}\n")
+    async with sessions() as session:
+        plan = await plan_policy(session, keep_only, prune_accounts=True)
+    removed = {c.name for c in plan.changes if c.action == "remove" and c.kind == "account"}
+    assert keys.account_name not in removed and removed  # others are pruned, AUTH is not
+    declares = parse_policy(f"accounts:\n  {keys.account_name}: {{}}\n")
+    async with sessions() as session:
+        with pytest.raises(ConflictError, match="auth callout"):
+            await plan_policy(session, declares)
+
+
 async def test_requests_that_cannot_be_answered_get_no_answer(
     service: CalloutService, sessions: Sessions, keys: CalloutKeys, world: World
 ) -> None:
@@ -436,6 +452,8 @@ def test_the_account_spec_takes_an_authorization_section_and_checks_it() -> None
         {"auth_users": [user], "xkey": user},
         {"auth_users": [user], "allowed_accounts": ["ORDERS"]},
         {"auth_users": [user], "unknown": 1},
+        {"allowed_accounts": ["*"]},  # accounts without users
+        {"auth_users": [user], "allowed_accounts": ["*", new_keypair("account")[0]]},
     ):
         with pytest.raises(ValidationError):
             validate_spec({"authorization": bad})

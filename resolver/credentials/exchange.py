@@ -84,26 +84,32 @@ class IssuedCredentials:
     user_public_key: str
 
 
+def _claim_bindings(*columns: Any) -> Select[Any]:
+    """``columns`` of the live bindings on the claims named by the ``names`` parameter
+    (only claims the token carries can match: bindings on other claims are not read)."""
+    return (
+        select(*columns)
+        .select_from(Binding)
+        .join(Role, Role.id == Binding.role_id)
+        .join(Account, Account.id == Binding.account_id)
+        .where(
+            Binding.claim_name.in_(bindparam("names", expanding=True)),
+            Account.deleted_at.is_(None),
+            or_(Binding.ends_at.is_(None), Binding.ends_at > bindparam("now")),
+        )
+    )
+
+
 # Statements of the hot path, built once (building them costs more CPU than running them).
-_CLAIM_GRANTS = (
-    select(
-        Binding.account_id,
-        Account.name,
-        Role.name,
-        Binding.id,
-        Binding.claim_name,
-        Binding.claim_value,
-        Role.spec,
-    )
-    .join(Role, Role.id == Binding.role_id)
-    .join(Account, Account.id == Binding.account_id)
-    .where(
-        Binding.claim_name.in_(bindparam("names", expanding=True)),
-        Account.deleted_at.is_(None),
-        or_(Binding.ends_at.is_(None), Binding.ends_at > bindparam("now")),
-    )
-    .order_by(Account.name, Role.name, Binding.id)
-)
+_CLAIM_GRANTS = _claim_bindings(
+    Binding.account_id,
+    Account.name,
+    Role.name,
+    Binding.id,
+    Binding.claim_name,
+    Binding.claim_value,
+    Role.spec,
+).order_by(Account.name, Role.name, Binding.id)
 _CLAIM_GRANTS_IN_ACCOUNT = _CLAIM_GRANTS.where(Binding.account_id == bindparam("account_id"))
 
 
@@ -163,29 +169,19 @@ def _typed_null(column: Any) -> Any:
 
 _NOT_A_CLAIM = (_typed_null(Binding.claim_name), _typed_null(Binding.claim_value))
 # The claim grants shaped like _person_grants rows (no user, no group), for a UNION ALL.
-_CLAIM_ROWS = (
-    select(
-        _typed_null(User.id),
-        _typed_null(User.user_name),
-        _typed_null(User.active),
-        Binding.account_id,
-        Account.name,
-        Role.name,
-        Binding.id,
-        _typed_null(Group.id),
-        _typed_null(Group.display_name),
-        Role.spec,
-        Binding.claim_name,
-        Binding.claim_value,
-    )
-    .select_from(Binding)
-    .join(Role, Role.id == Binding.role_id)
-    .join(Account, Account.id == Binding.account_id)
-    .where(
-        Binding.claim_name.in_(bindparam("names", expanding=True)),
-        Account.deleted_at.is_(None),
-        or_(Binding.ends_at.is_(None), Binding.ends_at > bindparam("now")),
-    )
+_CLAIM_ROWS = _claim_bindings(
+    _typed_null(User.id),
+    _typed_null(User.user_name),
+    _typed_null(User.active),
+    Binding.account_id,
+    Account.name,
+    Role.name,
+    Binding.id,
+    _typed_null(Group.id),
+    _typed_null(Group.display_name),
+    Role.spec,
+    Binding.claim_name,
+    Binding.claim_value,
 )
 # Per user attribute: the person's grants alone, or with the token's claim grants in the
 # same statement (one round trip fewer on the hot path). Claim rows have no user id.

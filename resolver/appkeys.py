@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -11,6 +13,9 @@ from resolver.credentials.identity import IdentityVerifier
 from resolver.push.wake import PushWaker
 from resolver.scim.events import EventHooks
 from resolver.sealing import Sealer
+
+if TYPE_CHECKING:
+    from resolver.credentials.issuer import CredentialIssuer
 
 SETTINGS = web.AppKey("settings", Settings)
 SEALER = web.AppKey("sealer", Sealer)
@@ -26,3 +31,7 @@ SCIM_EVENTS = web.AppKey("scim_events", EventHooks)
 JWT_CACHE = web.AppKey("jwt_cache", AccountJWTCache)
 #: Verifies IdP tokens and front-proxy assertions (resolver.credentials.identity).
 IDENTITY_VERIFIER = web.AppKey("identity_verifier", IdentityVerifier)
+#: Decides credential requests in batches (started with the database).
+# Named, not imported: the issuer imports the whole decision, which imports modules that
+# import this one.
+CREDENTIAL_ISSUER: web.AppKey[CredentialIssuer] = web.AppKey("credential_issuer")

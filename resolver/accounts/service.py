@@ -13,9 +13,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from resolver.accounts.changes import note_jwt_changed
@@ -321,6 +321,28 @@ async def issue_workload_creds(
     return format_creds(token, user_seed), issued
 
 
+def issued_key_row(
+    account_id: int,
+    payload: Mapping[str, Any],
+    *,
+    name: str,
+    signing_key: str,
+    user_id: str | None,
+) -> dict[str, Any]:
+    """The ``issued_user_keys`` row of a user JWT handed out (``payload``: its claims, from
+    ``encode_with_payload``): what a later revocation must cover, and until when."""
+    return {
+        "public_key": payload["sub"],
+        "account_id": account_id,
+        "user_id": user_id,
+        "name": name,
+        "signing_key": signing_key,
+        "jti": payload["jti"],
+        "issued_at": payload["iat"],
+        "expires_at": payload.get("exp"),
+    }
+
+
 def record_issued_key(
     session: AsyncSession,
     account: Account,
@@ -330,24 +352,36 @@ def record_issued_key(
     signing_key: str,
     user_id: str | None,
 ) -> IssuedUserKey:
-    """Record a user JWT handed out (``payload``: its claims, from ``encode_with_payload``):
-    what a later revocation must cover, and until when.
+    """Record a user JWT handed out (see ``issued_key_row``).
 
     Added, not flushed: it goes in with the transaction's other writes (one flush, at
     the commit or before the next query); flush first if you need its ``id``.
     """
-    issued = IssuedUserKey(
-        public_key=payload["sub"],
-        account_id=account.id,
-        user_id=user_id,
-        name=name,
-        signing_key=signing_key,
-        jti=payload["jti"],
-        issued_at=payload["iat"],
-        expires_at=payload.get("exp"),
-    )
+    row = issued_key_row(account.id, payload, name=name, signing_key=signing_key, user_id=user_id)
+    issued = IssuedUserKey(**row)
     session.add(issued)
     return issued
+
+
+# Built once: the credentials hot path records its batches with these.
+_INSERT_ISSUED = insert(IssuedUserKey)
+# Ids in the order of the rows. On SQLite this is a statement per row (no sentinel column
+# tells the rows of one multi-row INSERT apart), so only callers that need ids use it.
+_INSERT_ISSUED_IDS = insert(IssuedUserKey).returning(IssuedUserKey.id, sort_by_parameter_order=True)
+
+
+async def record_issued_keys(
+    conn: AsyncConnection, rows: list[dict[str, Any]], *, ids: bool = False
+) -> list[int]:
+    """Insert ``issued_key_row``s now, in one statement (an executemany; on a connection,
+    not the session, whose ORM bulk insert costs more than the statement); with ``ids``,
+    their ids, in order (else [])."""
+    if not rows:
+        return []
+    if ids:
+        return list(await conn.scalars(_INSERT_ISSUED_IDS, rows))
+    await conn.execute(_INSERT_ISSUED, rows)
+    return []
 
 
 async def revoke_user_key(

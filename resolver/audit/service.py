@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resolver.db.models import AuditEntry
 
@@ -40,3 +42,29 @@ def record(
     )
     session.add(entry)
     return entry
+
+
+# Built once: the credentials hot path writes its audit rows with it.
+_INSERT = insert(AuditEntry)
+
+
+async def record_all(
+    conn: AsyncConnection,
+    entries: Iterable[tuple[Actor, str, str | None, dict[str, Any]]],
+) -> None:
+    """``record`` for many rows at once, (actor, action, target, details) each, written
+    now in one statement on the session's connection (``await session.connection()``)
+    rather than as objects the session flushes one by one."""
+    rows = [
+        {
+            "actor": actor.name,
+            "action": action,
+            "target": target,
+            "request_id": actor.request_id,
+            "source": actor.source,
+            "details": details,
+        }
+        for actor, action, target, details in entries
+    ]
+    if rows:
+        await conn.execute(_INSERT, rows)

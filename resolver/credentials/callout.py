@@ -1,4 +1,4 @@
-"""Auth callout: nats-server asks who a connecting client is; the answer comes from ``exchange``.
+"""Auth callout: nats-server asks who a connecting client is; ``exchange_many`` answers.
 
 Protocol facts, read in nats-server ``server/auth.go``, ``server/auth_callout.go``,
 ``server/auth_callout_test.go``, ``server/jwt.go``, ``server/accounts.go`` and nats-io/jwt
@@ -51,8 +51,8 @@ Protocol facts, read in nats-server ``server/auth.go``, ``server/auth_callout.go
 
 Here: the token is the CONNECT ``auth_token``, else ``pass``; with ``pass``, ``user`` names
 the account wanted (else the only account the identity reaches). The decision is
-``exchange`` with ``public_key`` = ``user_nkey`` and ``via="callout"``. No aiohttp, no NATS
-client: ``callout_ctx`` owns the connection and the transactions.
+``exchange_many``'s, with ``public_key`` = ``user_nkey`` and ``via="callout"``. No aiohttp,
+no NATS client: ``callout_ctx`` owns the connection, ``CredentialIssuer`` the transactions.
 """
 
 from __future__ import annotations
@@ -65,15 +65,15 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.audit.service import record
-from resolver.config import Settings
 from resolver.credentials.callout_keys import CalloutKeys
 from resolver.credentials.exchange import (
+    Ask,
     CredentialRequest,
     IssuedCredentials,
-    exchange,
     refusal_actor,
 )
 from resolver.credentials.identity import Identity, IdentityVerifier
+from resolver.credentials.issuer import CredentialIssuer
 from resolver.errors import ResolverError
 from resolver.natsjwt import (
     JWTError,
@@ -253,32 +253,27 @@ async def identify(verifier: IdentityVerifier, request: AuthRequest) -> Identity
 
 
 async def decide(
-    session: AsyncSession,
-    sealer: Sealer,
-    settings: Settings,
+    issuer: CredentialIssuer,
     identity: Identity,
     request: AuthRequest,
     *,
     request_id: str | None = None,
-    now: int | None = None,
 ) -> IssuedCredentials:
-    """The user JWT for the connecting client, decided and recorded by ``exchange``.
+    """The user JWT for the connecting client, decided and committed by ``issuer``
+    (``exchange_many``'s decision, batched with the requests of the moment).
 
-    Raises ``CalloutRefusedError`` for every refusal; the caller rolls the transaction back
-    and audits it with ``record_refusal`` in a new one.
+    Raises ``CalloutRefusedError`` for every refusal; the caller audits it with
+    ``record_refusal`` in a transaction of its own.
     """
+    ask = Ask(
+        identity,
+        CredentialRequest(public_key=request.user_nkey, account=request.account),
+        via="callout",
+        source=request.client_host,
+        request_id=request_id,
+    )
     try:
-        return await exchange(
-            session,
-            sealer,
-            settings,
-            identity,
-            CredentialRequest(public_key=request.user_nkey, account=request.account),
-            via="callout",
-            source=request.client_host,
-            request_id=request_id,
-            now=now,
-        )
+        return await issuer.issue(ask)
     except ResolverError as exc:
         raise CalloutRefusedError(str(exc), identity) from None
 

@@ -24,7 +24,7 @@ from nats.aio.client import Client, RawCredentials
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from resolver.appkeys import IDENTITY_VERIFIER, SEALER, SESSIONMAKER, SETTINGS
+from resolver.appkeys import CREDENTIAL_ISSUER, IDENTITY_VERIFIER, SEALER, SESSIONMAKER, SETTINGS
 from resolver.credentials.callout import (
     AUTH_CALLOUT_SUBJECT,
     AuthRequest,
@@ -206,15 +206,9 @@ class CalloutService:
         app = self._app
         verifier: IdentityVerifier = app[IDENTITY_VERIFIER]
         identity = await identify(verifier, request)
-        async with app[SESSIONMAKER]() as session, session.begin():
-            return await decide(
-                session,
-                app[SEALER],
-                app[SETTINGS],
-                identity,
-                request,
-                request_id=request_id_var.get(),
-            )
+        return await decide(
+            app[CREDENTIAL_ISSUER], identity, request, request_id=request_id_var.get()
+        )
 
     def _count_shed(self) -> None:
         self._shed += 1

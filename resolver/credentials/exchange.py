@@ -1,7 +1,8 @@
 """The one decision behind every credential: a verified identity → a short-lived user JWT.
 
-``POST /v1/credentials``, ``GET /v1/credentials/creds`` and the auth callout all end here,
-so a person or workload gets the same answer however they ask.
+``POST /v1/credentials``, ``GET /v1/credentials/creds`` and the auth callout all end in
+``exchange_many`` (through ``resolver.credentials.issuer``, which batches the requests of
+the moment), so a person or workload gets the same answer however they ask.
 
 - A person is the SCIM user whose attribute (userName, email, externalId, id) equals the
   identity's user value. Inactive: refused, whatever else the token says.
@@ -14,37 +15,62 @@ so a person or workload gets the same answer however they ask.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, null, or_, select, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    Select,
+    String,
+    and_,
+    bindparam,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resolver.accounts.service import (
     MIN_CREDS_TTL,
     get_account,
-    is_managed_here,
-    lock_account_id,
+    issued_key_row,
+    record_issued_keys,
     resign_account,
 )
-from resolver.audit.service import Actor, record
+from resolver.audit.service import Actor, record_all
 from resolver.config import Settings
 from resolver.credentials.identity import Identity
-from resolver.db.models import Account, Binding, Group, GroupMember, IssuedKeyClaim, Role, User
+from resolver.db.models import (
+    Account,
+    AccountSigningKey,
+    Binding,
+    Group,
+    GroupMember,
+    IssuedKeyClaim,
+    IssuedUserKey,
+    Revocation,
+    Role,
+    User,
+)
 from resolver.errors import (
     AuthenticationError,
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    ResolverError,
     ValidationError,
 )
 from resolver.natsjwt import is_public_key
-from resolver.policy.access import Grant, grants_for
-from resolver.policy.roles import max_ttl, parse_role, role_set_name
+from resolver.policy.access import Grant, grants_of_users
+from resolver.policy.roles import RoleSpec, max_ttl, parse_role, role_set_name
 from resolver.policy.scoped_keys import load_roles, scoped_key_for
-from resolver.policy.user_creds import group_tag, scoped_key_checked, sign_scoped_user
+from resolver.policy.user_creds import group_tag, sign_scoped
 from resolver.sealing import Sealer
 
 #: ``Grant.group_id`` of a grant that comes from a token claim, not a SCIM group.
@@ -84,9 +110,37 @@ class IssuedCredentials:
     user_public_key: str
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One caller's request for credentials, as ``exchange_many`` takes it."""
+
+    identity: Identity
+    request: CredentialRequest
+    #: The way in, for the audit: ``token``, ``proxy`` or ``callout``.
+    via: str
+    source: str | None
+    request_id: str | None = None
+
+
+#: What ``exchange_many`` gives for each ask: the credentials, or why they were refused.
+Outcome = IssuedCredentials | ResolverError
+
+
+@dataclass(frozen=True)
+class Person:
+    """The SCIM user a token names (what the decision needs of it)."""
+
+    id: str
+    user_name: str
+    active: bool
+
+
+# -- reading grants -------------------------------------------------------------------------
+
+
 def _claim_bindings(*columns: Any) -> Select[Any]:
     """``columns`` of the live bindings on the claims named by the ``names`` parameter
-    (only claims the token carries can match: bindings on other claims are not read)."""
+    (only claims the tokens carry can match: bindings on other claims are not read)."""
     return (
         select(*columns)
         .select_from(Binding)
@@ -100,8 +154,14 @@ def _claim_bindings(*columns: Any) -> Select[Any]:
     )
 
 
-# Statements of the hot path, built once (building them costs more CPU than running them).
-_CLAIM_GRANTS = _claim_bindings(
+def _typed_null(column: Any) -> Any:
+    # A NULL of the column's type: PostgreSQL wants each UNION column of one type.
+    return null().cast(column.type)
+
+
+# Built once (building them costs more CPU than running them). Under the lock, the claim
+# grants of the locked accounts only.
+_CLAIM_GRANTS_IN_ACCOUNTS = _claim_bindings(
     Binding.account_id,
     Account.name,
     Role.name,
@@ -109,23 +169,23 @@ _CLAIM_GRANTS = _claim_bindings(
     Binding.claim_name,
     Binding.claim_value,
     Role.spec,
-).order_by(Account.name, Role.name, Binding.id)
-_CLAIM_GRANTS_IN_ACCOUNT = _CLAIM_GRANTS.where(Binding.account_id == bindparam("account_id"))
+).where(Binding.account_id.in_(bindparam("account_ids", expanding=True)))
+
+#: The SCIM attributes a token's user value can name, and their columns.
+_PERSON_COLUMNS = {
+    "userName": User.user_name_key,
+    "email": User.email,
+    "externalId": User.external_id,
+    "id": User.id,
+}
 
 
-@dataclass(frozen=True)
-class Person:
-    """The SCIM user a token names (what the decision needs of it)."""
-
-    id: str
-    user_name: str
-    active: bool
-
-
-def _person_grants(column: Any) -> Select[Any]:
-    # The user, outer-joined to every grant their groups give: one statement tells an
-    # unknown user (no row), an inactive one, one without a binding (NULL grant columns)
-    # and the grants themselves. The join conditions mirror resolver.policy.access.
+def _person_grants(attribute: str) -> Select[Any]:
+    # The users named, each outer-joined to every grant their groups give: one statement
+    # tells an unknown user (no row), an inactive one, one without a binding (NULL grant
+    # columns) and the grants themselves. The join conditions mirror
+    # resolver.policy.access. The last two columns say which name the row answers.
+    column = _PERSON_COLUMNS[attribute]
     now = bindparam("now")
     return (
         select(
@@ -139,6 +199,11 @@ def _person_grants(column: Any) -> Select[Any]:
             Group.id,
             Group.display_name,
             Role.spec,
+            # Labelled: equal NULL expressions in one select would be folded into one.
+            _typed_null(Binding.claim_name).label("claim_name"),
+            _typed_null(Binding.claim_value).label("claim_value"),
+            literal(attribute, String).label("attribute"),
+            column.label("answers"),
         )
         .select_from(User)
         .outerjoin(GroupMember, GroupMember.user_id == User.id)
@@ -158,121 +223,145 @@ def _person_grants(column: Any) -> Select[Any]:
         )
         .outerjoin(Account, and_(Account.id == Binding.account_id, Account.deleted_at.is_(None)))
         .outerjoin(Role, Role.id == Binding.role_id)
-        .where(column == bindparam("value"))
+        .where(column.in_(bindparam(f"values_{attribute}", expanding=True)))
     )
 
 
-def _typed_null(column: Any) -> Any:
-    # A NULL of the column's type: PostgreSQL wants each UNION column of one type.
-    return null().cast(column.type)
-
-
-_NOT_A_CLAIM = (_typed_null(Binding.claim_name), _typed_null(Binding.claim_value))
-# The claim grants shaped like _person_grants rows (no user, no group), for a UNION ALL.
+# The claim grants shaped like _person_grants rows (no user, no group, no name answered).
 _CLAIM_ROWS = _claim_bindings(
-    _typed_null(User.id),
-    _typed_null(User.user_name),
-    _typed_null(User.active),
+    # Labelled: equal NULL expressions in one select would be folded into one column.
+    _typed_null(User.id).label("user_id"),
+    _typed_null(User.user_name).label("user_name"),
+    _typed_null(User.active).label("active"),
     Binding.account_id,
     Account.name,
     Role.name,
     Binding.id,
-    _typed_null(Group.id),
-    _typed_null(Group.display_name),
+    _typed_null(Group.id).label("group_id"),
+    _typed_null(Group.display_name).label("group_name"),
     Role.spec,
     Binding.claim_name,
     Binding.claim_value,
+    _typed_null(User.user_name).label("attribute"),
+    _typed_null(User.user_name).label("answers"),
 )
-# Per user attribute: the person's grants alone, or with the token's claim grants in the
-# same statement (one round trip fewer on the hot path). Claim rows have no user id.
-_PERSON_GRANTS = {}
-_PERSON_AND_CLAIM_GRANTS = {}
-for _attribute, _column in (
-    ("userName", User.user_name_key),
-    ("email", User.email),
-    ("externalId", User.external_id),
-    ("id", User.id),
-):
-    _PERSON_GRANTS[_attribute] = _person_grants(_column)
-    _PERSON_AND_CLAIM_GRANTS[_attribute] = union_all(
-        _person_grants(_column).add_columns(*_NOT_A_CLAIM), _CLAIM_ROWS
-    )
 
 
-async def identity_grants(
-    session: AsyncSession, identity: Identity
-) -> tuple[Person | None, list[Grant]]:
-    """The SCIM user ``identity`` names (None: a workload, or never provisioned), the
-    grants their groups give them (none when inactive) and the grants of claim bindings
-    the token's claims match, sorted by account, role and binding: one statement."""
+@functools.cache
+def _grants_statement(attributes: tuple[str, ...], with_claims: bool) -> Any:
+    """The people named by ``attributes`` and (``with_claims``) the claim grants, as one
+    statement: one round trip for a whole batch. Built once per shape."""
+    parts = [_person_grants(attribute) for attribute in attributes]
+    if with_claims:
+        parts.append(_CLAIM_ROWS)
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def _user_key(identity: Identity) -> tuple[str, str] | None:
+    """(attribute, value as stored) naming the identity's SCIM user; None for a workload."""
     value = identity.user_value
     if not value:
-        return None, await claim_grants(session, identity)
+        return None
     attribute = identity.user_attribute
     if attribute == "userName":
         value = value.casefold()
     elif attribute == "email":
         value = value.lower()
-    params: dict[str, Any] = {"value": value, "now": datetime.now(UTC)}
-    if identity.claims:
-        # Only claims the token carries can match: bindings on other claims are not read.
-        params["names"] = sorted(identity.claims)
-        rows = list(await session.execute(_PERSON_AND_CLAIM_GRANTS[attribute], params))
-    else:
-        rows = list(await session.execute(_PERSON_GRANTS[attribute], params))
-    people = {row[0] for row in rows if row[0] is not None}
-    if len(people) > 1:
-        # Two SCIM users share that email or externalId: picking one would be a guess.
-        raise PermissionDeniedError(
-            f"more than one SCIM user has {attribute} {value!r}; ask an admin to fix the IdP"
-        )
-    person = None
-    grants: list[Grant] = []
-    for row in rows:
-        if row[0] is None:  # a claim binding's row
-            grants += _claim_grant(identity, *row[3:7], row[9], row[10], row[11])
-            continue
-        person = Person(row[0], row[1], bool(row[2]))
-        if person.active and row[3] is not None and row[4] is not None and row[5] is not None:
-            grants.append(Grant(*row[3:10]))
-    grants.sort(key=lambda g: (g.account_name, g.role, g.binding_id))
-    return person, (grants if person is None or person.active else [])
+    return attribute, value
 
 
-def _claim_grant(
-    identity: Identity,
-    account_id: int,
-    account_name: str,
-    role: str,
-    binding_id: int,
-    spec: Any,
-    claim: str,
-    value: str,
-) -> list[Grant]:
-    """The grant of one claim binding, if the token's claim carries its value."""
+def _claim_grant(identity: Identity, row: Any) -> Grant | None:
+    """The grant of a claim binding's row (account, account name, role, binding, claim,
+    value, spec), if the identity's token carries that value in that claim."""
+    account_id, account_name, role, binding_id, claim, value, spec = row
     if value not in identity.claim_values(claim):
-        return []
+        return None
     group = CLAIM_GROUP_PREFIX + claim
-    return [Grant(account_id, account_name, role, binding_id, group, value, spec)]
+    return Grant(account_id, account_name, role, binding_id, group, value, spec)
 
 
-async def claim_grants(
-    session: AsyncSession, identity: Identity, *, account_id: int | None = None
-) -> list[Grant]:
-    """Grants of bindings whose (claim, value) the identity's verified token carries."""
-    if not identity.claims:
-        return []
-    params: dict[str, object] = {"names": sorted(identity.claims), "now": datetime.now(UTC)}
-    if account_id is None:
-        rows = await session.execute(_CLAIM_GRANTS, params)
+async def _identities_grants(
+    conn: AsyncConnection, identities: list[Identity], now: datetime
+) -> list[tuple[Person | None, list[Grant]] | ResolverError]:
+    """For each identity: the SCIM user it names (None: a workload, or never provisioned),
+    the grants their groups give them (none when inactive) and the grants of claim bindings
+    its token's claims match, sorted by account, role and binding. One statement for all."""
+    keys = [_user_key(identity) for identity in identities]
+    values: dict[str, set[str]] = {}
+    for key in keys:
+        if key is not None:
+            values.setdefault(key[0], set()).add(key[1])
+    names = sorted({name for identity in identities for name in identity.claims})
+    attributes = tuple(sorted(values))
+    if not attributes and not names:
+        rows: list[Any] = []
     else:
-        rows = await session.execute(_CLAIM_GRANTS_IN_ACCOUNT, {**params, "account_id": account_id})
-    found = []
-    for bound_to, account_name, role, binding_id, claim, value, spec in rows:
-        found += _claim_grant(
-            identity, bound_to, account_name, role, binding_id, spec, claim, value
-        )
+        params: dict[str, Any] = {"now": now, "names": names}
+        params |= {f"values_{a}": sorted(v) for a, v in values.items()}
+        rows = list(await conn.execute(_grants_statement(attributes, bool(names)), params))
+    person_rows: dict[tuple[str, str], list[Any]] = {}
+    claim_rows = []
+    for row in rows:
+        if row[0] is None:
+            claim_rows.append((*row[3:7], row[10], row[11], row[9]))
+        else:
+            person_rows.setdefault((row[12], row[13]), []).append(row)
+    found: list[tuple[Person | None, list[Grant]] | ResolverError] = []
+    for identity, key in zip(identities, keys, strict=True):
+        grants = [g for r in claim_rows if (g := _claim_grant(identity, r)) is not None]
+        mine = person_rows.get(key, []) if key is not None else []
+        if len({row[0] for row in mine}) > 1:
+            # Two SCIM users share that email or externalId: picking one would be a guess.
+            found.append(
+                PermissionDeniedError(
+                    f"more than one SCIM user has {key[0]} {key[1]!r}; "  # type: ignore[index]
+                    "ask an admin to fix the IdP"
+                )
+            )
+            continue
+        person = None
+        for row in mine:
+            person = Person(row[0], row[1], bool(row[2]))
+            if row[3] is not None and row[4] is not None and row[5] is not None:
+                grants.append(Grant(*row[3:10]))
+        if person is not None and not person.active:
+            grants = []
+        grants.sort(key=lambda g: (g.account_name, g.role, g.binding_id))
+        found.append((person, grants))
     return found
+
+
+# -- the decision before the lock ------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """What one ask will get if the re-read under the account lock agrees."""
+
+    ask: Ask
+    person: Person | None
+    name: str
+    account_id: int
+    wanted_account: str
+    role_names: list[str]
+    roles: list[RoleSpec]
+    lifetime: int
+    from_scim: bool
+    from_claims: bool
+
+
+def _check_request(request: CredentialRequest, identity: Identity, when: int) -> None:
+    if request.public_key is not None and not is_public_key(request.public_key, "user"):
+        raise ValidationError("public_key must be a user public key (U...)")
+    if request.ttl_seconds is not None and (
+        isinstance(request.ttl_seconds, bool)
+        or not isinstance(request.ttl_seconds, int)
+        or request.ttl_seconds < MIN_CREDS_TTL
+    ):
+        raise ValidationError(f"ttl must be a whole number of seconds, at least {MIN_CREDS_TTL}")
+    if identity.expires_at is not None and identity.expires_at <= when:
+        # Accepted within the IdP's clock-skew leeway, but nothing is left to issue for.
+        raise AuthenticationError("the token has expired")
 
 
 def _choose_account(grants: list[Grant], wanted: str | None, who: str) -> str:
@@ -306,54 +395,29 @@ def _role_set(
     return sorted(held), [g for g in grants if g.role in held]
 
 
-async def exchange(
+async def _plan(
     session: AsyncSession,
-    sealer: Sealer,
     settings: Settings,
-    identity: Identity,
-    request: CredentialRequest,
-    *,
-    via: str,
-    source: str | None,
-    request_id: str | None = None,
-    now: int | None = None,
-) -> IssuedCredentials:
-    """Decide and sign the user JWT ``identity`` may have, and record it (issued key, audit).
-
-    ``via`` names the way in for the audit (``token``, ``proxy``, ``callout``). Refusals
-    are ``PermissionDeniedError`` (who they are is known, what they want is not theirs),
-    ``AuthenticationError`` (the token ran out) or ``ValidationError`` (a bad request).
-    The caller owns the transaction.
-    """
-    when = int(time.time()) if now is None else now
-    if request.public_key is not None and not is_public_key(request.public_key, "user"):
-        raise ValidationError("public_key must be a user public key (U...)")
-    if request.ttl_seconds is not None and (
-        isinstance(request.ttl_seconds, bool)
-        or not isinstance(request.ttl_seconds, int)
-        or request.ttl_seconds < MIN_CREDS_TTL
-    ):
-        raise ValidationError(f"ttl must be a whole number of seconds, at least {MIN_CREDS_TTL}")
-    if identity.expires_at is not None and identity.expires_at <= when:
-        # Accepted within the IdP's clock-skew leeway, but nothing is left to issue for.
-        raise AuthenticationError("the token has expired")
-
-    # Everything that can be read before the account lock is read here: on SQLite the lock
-    # is the database's one write lock, so what happens under it decides the throughput.
-    user, grants = await identity_grants(session, identity)
-    if user is not None and not user.active:
-        raise PermissionDeniedError(f"user {user.user_name!r} is inactive")
-    if user is not None:
-        name = user.user_name
+    ask: Ask,
+    person: Person | None,
+    grants: list[Grant],
+    when: int,
+) -> _Plan:
+    """Who is asking, for which account and role set, for how long; raises the refusal."""
+    identity, request = ask.identity, ask.request
+    if person is not None and not person.active:
+        raise PermissionDeniedError(f"user {person.user_name!r} is inactive")
+    if person is not None:
+        name = person.user_name
     else:
         name = identity.workload_name or f"{identity.idp}:{identity.subject}"
     if not grants:
-        if user is None and identity.user_value:
+        if person is None and identity.user_value:
             raise PermissionDeniedError(
                 f"no SCIM user has {identity.user_attribute} {identity.user_value!r}, "
                 "and no binding matches the token's claims"
             )
-        if user is None:
+        if person is None:
             raise PermissionDeniedError(
                 f"{name} is not a provisioned user and no binding matches its token's claims"
             )
@@ -370,6 +434,7 @@ async def exchange(
     # are not admins learn nothing about which accounts exist.
     grants = [g for g in grants if g.account_id == account_id]
     role_names, used = _role_set(grants, request.roles, name, wanted_account)
+    assert account_id is not None  # _role_set refused an empty grant list
     specs = {g.role: g.role_spec for g in used if g.role_spec is not None}
     roles = (
         [parse_role(role, specs[role]) for role in role_names]
@@ -387,97 +452,383 @@ async def exchange(
     if identity.expires_at is not None:
         # SCIM-granted access of a person is revoked by SCIM; claim-granted access has no
         # such path, so it ends with the token.
-        grace = 0 if from_claims or user is None else identity.grace_seconds
+        grace = 0 if from_claims or person is None else identity.grace_seconds
         lifetime = min(lifetime, identity.expires_at + grace - when)
-    user_id = user.id if user is not None else None
-    key = await scoped_key_checked(
-        session, account_id, role_set_name(roles), request.public_key, user_id=user_id, name=name
+    return _Plan(
+        ask,
+        person,
+        name,
+        account_id,
+        wanted_account,
+        role_names,
+        roles,
+        lifetime,
+        from_scim,
+        from_claims,
     )
 
-    # Locked, then what granted the roles read again: a removal committing meanwhile
-    # either comes before this read (and the access is gone) or after (and finds the key
-    # issued here to revoke). Nothing else is read under the lock unless it must be.
-    try:
-        account = await lock_account_id(session, account_id)
-    except NotFoundError:
-        raise PermissionDeniedError(
-            f"{name} has no binding to account {wanted_account!r}"
-        ) from None
-    if not is_managed_here(account):
-        raise ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
+
+# -- under the lock ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Locked:
+    """What the decision needs of a locked account (a row, not an ORM object: cheaper)."""
+
+    id: int
+    name: str
+    public_key: str
+    jti: str | None
+    managed_here: bool
+
+
+# Built once. A no-op UPDATE: the row lock on PostgreSQL, the write lock on SQLite (see
+# resolver.accounts.service.lock_account), and the account's fields in the same statement.
+_LOCK = (
+    update(Account)
+    .where(Account.id == bindparam("account_id"), Account.deleted_at.is_(None))
+    .values(updated_at=Account.updated_at)
+    .returning(Account.id, Account.name, Account.public_key, Account.jti, Account.seed_sealed)
+)
+
+
+async def _lock_accounts(
+    conn: AsyncConnection, plans: dict[int, _Plan], outcomes: dict[int, Outcome]
+) -> dict[int, _Locked]:
+    """Lock every account the plans want (in id order, so two batches cannot deadlock);
+    plans whose account is gone or not managed here are refused in ``outcomes``."""
+    accounts: dict[int, _Locked] = {}
+    for account_id in sorted({plan.account_id for plan in plans.values()}):
+        row = (await conn.execute(_LOCK, {"account_id": account_id})).one_or_none()
+        if row is not None:
+            accounts[account_id] = _Locked(*row[:4], managed_here=row[4] is not None)
+    for index, plan in plans.items():
+        account = accounts.get(plan.account_id)
+        if account is None:
+            outcomes[index] = PermissionDeniedError(
+                f"{plan.name} has no binding to account {plan.wanted_account!r}"
+            )
+        elif not account.managed_here:
+            # Uploaded with nsc push: the keys are not ours (same rule as is_managed_here).
+            outcomes[index] = ConflictError(f"account {account.name!r} is managed elsewhere (nsc)")
+    return accounts
+
+
+async def _current_grants(
+    conn: AsyncConnection, plans: list[_Plan], now: datetime
+) -> list[list[Grant]]:
+    """What grants each plan's roles now, read under the lock: a removal committing
+    meanwhile either comes before this read (and the access is gone) or after (and finds
+    the key issued here to revoke). Two statements at most for the whole batch."""
+    account_ids = sorted({plan.account_id for plan in plans})
+    user_ids = sorted(
+        {plan.person.id for plan in plans if plan.from_scim and plan.person is not None}
+    )
+    people = await grants_of_users(conn, user_ids, account_ids, now=now) if user_ids else {}
+    names = sorted(
+        {name for plan in plans if plan.from_claims for name in plan.ask.identity.claims}
+    )
+    claim_rows: list[Any] = []
+    if names:
+        params = {"names": names, "now": now, "account_ids": account_ids}
+        claim_rows = list(await conn.execute(_CLAIM_GRANTS_IN_ACCOUNTS, params))
     current = []
-    if from_scim and user is not None:
-        current += await grants_for(session, user.id, account_id=account.id)
-    if from_claims:
-        current += await claim_grants(session, identity, account_id=account.id)
-    if not set(role_names) <= {g.role for g in current}:
-        raise PermissionDeniedError(f"{name} has no binding to account {account.name!r}")
-    used = [g for g in current if g.role in role_names]
-    groups = tuple(sorted({g.group_name for g in used}))
-    created = False
-    if key is None:
-        # The first issue for this role set here: made under the lock, so two first issues
-        # cannot both make one.
-        key, created = await scoped_key_for(session, sealer, account, role_names, roles=roles)
-    if created:
-        # The new scoped key must be in the served (and pushed) account JWT before a user
-        # JWT signed by it can connect.
+    for plan in plans:
+        grants: list[Grant] = []
+        if plan.from_scim and plan.person is not None:
+            grants += [g for g in people.get(plan.person.id, []) if g.account_id == plan.account_id]
+        if plan.from_claims:
+            for row in claim_rows:
+                grant = _claim_grant(plan.ask.identity, row)
+                if grant is not None and grant.account_id == plan.account_id:
+                    grants.append(grant)
+        current.append(grants)
+    return current
+
+
+_SCOPED_KEYS = select(
+    AccountSigningKey.id,
+    AccountSigningKey.account_id,
+    AccountSigningKey.role_set,
+    AccountSigningKey.public_key,
+    AccountSigningKey.seed_sealed,
+).where(
+    AccountSigningKey.account_id.in_(bindparam("account_ids", expanding=True)),
+    AccountSigningKey.role_set.in_(bindparam("role_sets", expanding=True)),
+    AccountSigningKey.retired_at.is_(None),
+)
+
+
+@dataclass(frozen=True)
+class _Key:
+    """A scoped signing key, as signing needs it."""
+
+    id: int
+    public_key: str
+    seed_sealed: bytes
+
+
+# Everything known here about the callers' own public keys in these accounts: revoked
+# (no owner) or issued, to whom. One statement for the batch.
+_KEYS_KNOWN = union_all(
+    select(
+        Revocation.account_id,
+        Revocation.public_key,
+        literal(True),
+        _typed_null(IssuedUserKey.user_id).label("user_id"),
+        _typed_null(IssuedUserKey.name).label("name"),
+    ).where(
+        Revocation.account_id.in_(bindparam("account_ids", expanding=True)),
+        Revocation.public_key.in_(bindparam("public_keys", expanding=True)),
+    ),
+    select(
+        IssuedUserKey.account_id,
+        IssuedUserKey.public_key,
+        literal(False),
+        IssuedUserKey.user_id,
+        IssuedUserKey.name,
+    )
+    .where(
+        IssuedUserKey.public_key.in_(bindparam("public_keys", expanding=True)),
+        IssuedUserKey.account_id.in_(bindparam("account_ids", expanding=True)),
+    )
+    .distinct(),
+)
+
+
+def _owner(plan: _Plan) -> tuple[str | None, str | None]:
+    # A person is known by their SCIM id; a workload by its name.
+    if plan.person is not None:
+        return plan.person.id, None
+    return None, plan.name
+
+
+async def _refuse_known_keys(
+    conn: AsyncConnection, plans: dict[int, _Plan], outcomes: dict[int, Outcome]
+) -> None:
+    """Refuse a caller's public key revoked in the account or issued there to someone else
+    (``check_public_key``'s rule), including to someone else earlier in this batch."""
+    brought = {i: p for i, p in plans.items() if p.ask.request.public_key is not None}
+    if not brought:
+        return
+    params = {
+        "account_ids": sorted({p.account_id for p in brought.values()}),
+        "public_keys": sorted({p.ask.request.public_key for p in brought.values()}),
+    }
+    revoked: set[tuple[int, str]] = set()
+    owners: dict[tuple[int, str], set[tuple[str | None, str | None]]] = {}
+    for account_id, public_key, is_revocation, user_id, name in await conn.execute(
+        _KEYS_KNOWN, params
+    ):
+        if is_revocation:
+            revoked.add((account_id, public_key))
+        else:
+            # A person's row is theirs whatever its name; a workload's is known by name.
+            owners.setdefault((account_id, public_key), set()).add(
+                (user_id, None) if user_id is not None else (None, name)
+            )
+    for index, plan in brought.items():
+        where = (plan.account_id, plan.ask.request.public_key)
+        mine = _owner(plan)
+        if where in revoked:
+            outcomes[index] = ConflictError(
+                "that public key was revoked in this account: make a new key"
+            )
+        elif owners.setdefault(where, set()) - {mine}:
+            outcomes[index] = ConflictError(
+                "that public key was issued to someone else in this account: make a new key"
+            )
+        else:
+            owners[where].add(mine)  # later asks in this batch see it as issued
+
+
+async def exchange_many(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    asks: list[Ask],
+    *,
+    now: int | None = None,
+) -> list[Outcome]:
+    """Decide, sign and record the user JWTs of several asks in one transaction.
+
+    Every ask is decided on its own (one's refusal changes nothing for another); what they
+    share is the statements: one read of grants before the lock, each account locked once,
+    one re-read under the lock, one flush. A refusal is a ``PermissionDeniedError`` (who
+    they are is known, what they want is not theirs), ``AuthenticationError`` (the token
+    ran out), ``ConflictError`` (a key that cannot be used) or ``ValidationError`` (a bad
+    request) in the ask's place; nothing is written for a refused ask. The caller owns the
+    transaction.
+    """
+    when = int(time.time()) if now is None else now
+    moment = datetime.now(UTC)
+    outcomes: dict[int, Outcome] = {}
+    for index, ask in enumerate(asks):
+        try:
+            _check_request(ask.request, ask.identity, when)
+        except ResolverError as exc:
+            outcomes[index] = exc
+    # Everything that can be read before the account lock is read here: on SQLite the lock
+    # is the database's one write lock, so what happens under it decides the throughput.
+    pending = [i for i in range(len(asks)) if i not in outcomes]
+    # Core on the session's connection: the ORM's per-statement work (more than the
+    # statement's own, on this path) buys nothing for rows that are read, not mapped.
+    conn = await session.connection()
+    found = await _identities_grants(conn, [asks[i].identity for i in pending], moment)
+    plans: dict[int, _Plan] = {}
+    for index, grants in zip(pending, found, strict=True):
+        try:
+            if isinstance(grants, ResolverError):
+                raise grants
+            plans[index] = await _plan(session, settings, asks[index], *grants, when)
+        except ResolverError as exc:
+            outcomes[index] = exc
+    if not plans:
+        return [outcomes[i] for i in range(len(asks))]
+
+    accounts = await _lock_accounts(conn, plans, outcomes)
+    plans = {i: p for i, p in plans.items() if i not in outcomes}
+    current = await _current_grants(conn, list(plans.values()), moment)
+    used: dict[int, list[Grant]] = {}
+    for (index, plan), grants in zip(plans.items(), current, strict=True):
+        if not set(plan.role_names) <= {g.role for g in grants}:
+            account = accounts[plan.account_id]
+            outcomes[index] = PermissionDeniedError(
+                f"{plan.name} has no binding to account {account.name!r}"
+            )
+        else:
+            used[index] = [g for g in grants if g.role in plan.role_names]
+    plans = {i: p for i, p in plans.items() if i in used}
+    await _refuse_known_keys(conn, plans, outcomes)
+    plans = {i: p for i, p in plans.items() if i not in outcomes}
+    if plans:
+        keys = await _scoped_keys(session, sealer, settings, plans, accounts)
+        outcomes |= await _sign_and_record(conn, sealer, plans, used, accounts, keys, when)
+    return [outcomes[i] for i in range(len(asks))]
+
+
+async def _scoped_keys(
+    session: AsyncSession,
+    sealer: Sealer,
+    settings: Settings,
+    plans: dict[int, _Plan],
+    accounts: dict[int, _Locked],
+) -> dict[tuple[int, str], tuple[_Key, bool]]:
+    """(account, role set) → (its scoped key, made now). A set's first issue makes its key
+    here, under the lock, so two first issues cannot both make one; an account that got
+    one is re-signed (once), because a user JWT signed by a key the served account JWT
+    does not list cannot connect."""
+    wanted = {(p.account_id, role_set_name(p.roles)): p for p in plans.values()}
+    params = {
+        "account_ids": sorted({a for a, _ in wanted}),
+        "role_sets": sorted({r for _, r in wanted}),
+    }
+    found: dict[tuple[int, str], tuple[_Key, bool]] = {}
+    conn = await session.connection()
+    for key_id, account_id, role_set, public_key, seed_sealed in await conn.execute(
+        _SCOPED_KEYS, params
+    ):
+        if (account_id, role_set) in wanted:
+            found[(account_id, role_set)] = (_Key(key_id, public_key, seed_sealed), False)
+    changed: dict[int, Account] = {}
+    for where, plan in wanted.items():
+        if where not in found:
+            # The rare path (a role set's first issue in an account): the ORM's.
+            account = changed.get(plan.account_id) or await session.get_one(
+                Account, plan.account_id
+            )
+            key, created = await scoped_key_for(
+                session, sealer, account, plan.role_names, roles=plan.roles
+            )
+            found[where] = (_Key(key.id, key.public_key, key.seed_sealed), created)
+            if created:
+                changed[account.id] = account
+    for account in changed.values():
         await resign_account(session, sealer, settings, account, force=True)
-    signed = await sign_scoped_user(
-        session,
-        sealer,
-        account,
-        key,
-        new_signing_key=created,
-        name=name,
-        tags=[group_tag(g) for g in groups],
-        public_key=request.public_key,
-        expires_at=when + lifetime,
-        user_id=user_id,
-        now=when,
-    )
-    issued = signed.issued
-    claim_bindings = sorted(
-        {g.binding_id for g in used if g.group_id.startswith(CLAIM_GROUP_PREFIX)}
-    )
-    if claim_bindings:
-        # SCIM has no members for a claim binding: this link is how ending it finds the key.
-        await session.flush()  # for issued.id
-        session.add_all(
-            IssuedKeyClaim(issued_key_id=issued.id, binding_id=b) for b in claim_bindings
+        accounts[account.id].jti = account.jti  # what the answer says to wait for
+    return found
+
+
+async def _sign_and_record(
+    conn: AsyncConnection,
+    sealer: Sealer,
+    plans: dict[int, _Plan],
+    used: dict[int, list[Grant]],
+    accounts: dict[int, _Locked],
+    keys: dict[tuple[int, str], tuple[_Key, bool]],
+    when: int,
+) -> dict[int, IssuedCredentials]:
+    """Sign each plan's user JWT with its scoped key; record the issued keys, the links
+    of claim-granted ones and the audit rows, each kind in one statement."""
+    done: dict[int, IssuedCredentials] = {}
+    seeds: dict[int, bytes] = {}  # scoped key id → its seed, unsealed once per batch
+    rows, audit, claim_bindings = [], [], []
+    for index, plan in plans.items():
+        account = accounts[plan.account_id]
+        key, created = keys[(plan.account_id, role_set_name(plan.roles))]
+        if key.id not in seeds:
+            seeds[key.id] = sealer.open(key.seed_sealed)
+        groups = tuple(sorted({g.group_name for g in used[index]}))
+        ask = plan.ask
+        user_id = plan.person.id if plan.person is not None else None
+        signed = sign_scoped(
+            seeds[key.id],
+            account.public_key,
+            name=plan.name,
+            tags=[group_tag(g) for g in groups],
+            public_key=ask.request.public_key,
+            expires_at=when + plan.lifetime,
+            now=when,
         )
-    record(
-        session,
-        Actor(name=name, request_id=request_id, source=source),
-        "credentials.issue",
-        target=account.public_key,
-        details={
-            "via": via,
-            "idp": identity.idp,
-            "subject": identity.subject,
+        row = issued_key_row(
+            account.id, signed.payload, name=plan.name, signing_key=key.public_key, user_id=user_id
+        )
+        rows.append(row)
+        # SCIM has no members for a claim binding: this link is how ending it finds the key.
+        claim_bindings.append(
+            sorted({g.binding_id for g in used[index] if g.group_id.startswith(CLAIM_GROUP_PREFIX)})
+        )
+        actor = Actor(name=plan.name, request_id=ask.request_id, source=ask.source)
+        details = {
+            "via": ask.via,
+            "idp": ask.identity.idp,
+            "subject": ask.identity.subject,
             "user_id": user_id,
             "account": account.name,
-            "user_key": issued.public_key,
-            "roles": role_names,
+            "user_key": row["public_key"],
+            "roles": plan.role_names,
             "groups": list(groups),
-            "bindings": sorted({g.binding_id for g in used}),
-            "signing_key": issued.signing_key,
-            "expires_at": issued.expires_at,
-        },
-    )
-    return IssuedCredentials(
-        jwt=signed.jwt,
-        creds=signed.creds,
-        account_name=account.name,
-        account_public_key=account.public_key,
-        account_jti=account.jti or "",
-        name=name,
-        roles=tuple(role_names),
-        groups=groups,
-        expires_at=int(issued.expires_at or when + lifetime),
-        new_signing_key=signed.new_signing_key,
-        user_public_key=issued.public_key,
-    )
+            "bindings": sorted({g.binding_id for g in used[index]}),
+            "signing_key": key.public_key,
+            "expires_at": row["expires_at"],
+        }
+        audit.append((actor, "credentials.issue", account.public_key, details))
+        done[index] = IssuedCredentials(
+            jwt=signed.jwt,
+            creds=signed.creds,
+            account_name=account.name,
+            account_public_key=account.public_key,
+            account_jti=account.jti or "",
+            name=plan.name,
+            roles=tuple(plan.role_names),
+            groups=groups,
+            expires_at=int(row["expires_at"] or when + plan.lifetime),
+            new_signing_key=created,
+            user_public_key=row["public_key"],
+        )
+    ids = await record_issued_keys(conn, rows, ids=any(claim_bindings))
+    links = [
+        {"issued_key_id": issued_id, "binding_id": binding}
+        for issued_id, bindings in zip(ids, claim_bindings, strict=False)
+        for binding in bindings
+    ]
+    if links:
+        await conn.execute(_INSERT_LINKS, links)
+    await record_all(conn, audit)
+    return done
+
+
+_INSERT_LINKS = insert(IssuedKeyClaim)
 
 
 def refusal_actor(

@@ -2,7 +2,7 @@
 
 The caller proves who they are with an IdP token (``Authorization: Bearer``), a front
 proxy's signed assertion header, or (from a trusted proxy address) a plain identity header;
-``resolver.credentials.identity`` decides which. Both routes end in ``exchange``.
+``resolver.credentials.identity`` decides which. Both routes end in ``exchange_many``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from resolver.admin.bodies import json_object, optional_str
-from resolver.appkeys import IDENTITY_VERIFIER, SEALER, SESSIONMAKER, SETTINGS
+from resolver.appkeys import CREDENTIAL_ISSUER, IDENTITY_VERIFIER, SESSIONMAKER
 from resolver.audit.service import record
 from resolver.credentials.exchange import (
+    Ask,
     CredentialRequest,
     IssuedCredentials,
-    exchange,
     refusal_actor,
 )
 from resolver.credentials.identity import PROXY_IDP, Identity
@@ -65,22 +65,20 @@ async def _identify(request: web.Request) -> Identity:
 
 
 async def _issue(request: web.Request, wanted: CredentialRequest) -> IssuedCredentials:
-    """Verify, decide, commit; a refusal is audited (in its own transaction) and re-raised."""
+    """Verify, then decide and commit (in a batch with the requests of the moment); a
+    refusal is audited (in its own transaction) and re-raised."""
     app = request.app
     identity: Identity | None = None
     try:
         identity = await _identify(request)
-        async with app[SESSIONMAKER]() as session, session.begin():
-            issued = await exchange(
-                session,
-                app[SEALER],
-                app[SETTINGS],
-                identity,
-                wanted,
-                via="proxy" if identity.idp == PROXY_IDP else "token",
-                source=request.remote,
-                request_id=request_id(request),
-            )
+        ask = Ask(
+            identity,
+            wanted,
+            via="proxy" if identity.idp == PROXY_IDP else "token",
+            source=request.remote,
+            request_id=request_id(request),
+        )
+        issued = await app[CREDENTIAL_ISSUER].issue(ask)
     except (AuthenticationError, PermissionDeniedError, ConflictError) as exc:
         await _audit_refusal(request, identity, exc)
         raise

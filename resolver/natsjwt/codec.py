@@ -37,7 +37,7 @@ from .errors import (
     JWTVersionError,
 )
 from .gojson import go_json_dumps, go_json_loads
-from .keys import public_key_kind, public_key_of, seed_kind
+from .keys import public_key_kind, signer_of
 
 # nats-io/jwt refuses larger tokens (decoder.go MaxTokenSize), and so does nats-server.
 MAX_TOKEN_SIZE: Final = 1024 * 1024
@@ -188,7 +188,7 @@ def encode_with_payload(
     """``encode``, also returning the payload as signed (``sub``, ``iat``, ``exp``,
     ``jti``...), for callers that record it: decoding the token again would verify a
     signature made a moment ago."""
-    issuer = public_key_of(signer_seed)
+    issuer, _pair = signer_of(signer_seed)
     when = int(time.time()) if iat is None else int(iat)
     payload = prepare_claims(claims, issuer=issuer, iat=when)
     _check_key_rules(payload)
@@ -204,12 +204,11 @@ def sign_payload(payload: bytes, signer_seed: bytes) -> str:
     Low level: ``encode`` is what callers want. Useful to re-sign an existing payload or
     to build deliberately odd tokens in tests.
     """
-    if seed_kind(signer_seed) == "curve":
-        raise JWTKeyTypeError("curve (xkey) seeds cannot sign")
+    _public, pair = signer_of(signer_seed)  # raises for a curve seed: it cannot sign
     try:
         # sort_headers=False keeps PyJWS's own {"typ", "alg"} insertion order, which is
         # exactly the header nats-io/jwt writes.
-        token = NATS_JWS.encode(payload, signer_seed, algorithm=ALGORITHM, sort_headers=False)
+        token = NATS_JWS.encode(payload, pair, algorithm=ALGORITHM, sort_headers=False)
     except InvalidKeyError as exc:
         raise JWTKeyTypeError(str(exc)) from None
     if not token.startswith(_HEADER_SEGMENT + "."):

@@ -168,7 +168,21 @@ def raw_public_key(public_key: str) -> bytes:
 
 def signing_keypair(seed: bytes | str) -> nkeys.KeyPair:
     """Return an nkeys ``KeyPair`` for a signing seed (any kind but curve)."""
-    data = _seed_bytes(seed)
-    if _decode_seed(data)[0] == "curve":
+    return signer_of(seed)[1]
+
+
+def signer_of(seed: bytes | str) -> tuple[str, nkeys.KeyPair]:
+    """(public key, nkeys ``KeyPair``) of a signing seed (any kind but curve)."""
+    return _signer(_seed_bytes(seed))
+
+
+@functools.lru_cache(maxsize=256)
+def _signer(seed: bytes) -> tuple[str, nkeys.KeyPair]:
+    # Cached: deriving both takes four base32 decodes, four CRC16s in pure Python and two
+    # Ed25519 key derivations, several times the signature itself, and credentials are
+    # signed with the same few scoped keys all day. The process holds these seeds anyway
+    # (and the master key that unseals them all); the cache keeps them until a restart.
+    # Seeds made for a creds file are never signed with, so they never land here.
+    if _decode_seed(seed)[0] == "curve":
         raise JWTKeyTypeError("curve (xkey) seeds cannot sign")
-    return nkeys.from_seed(data)
+    return public_key_of(seed), nkeys.from_seed(seed)

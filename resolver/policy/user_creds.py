@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, literal, or_, select
+from sqlalchemy import ColumnElement, Select, bindparam, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.accounts.service import (
@@ -130,7 +130,7 @@ async def issue_person_creds(
         await check_public_key(
             session, account.id, public_key, user_id=user.id, name=user.user_name
         )
-    signed = await sign_scoped_user(
+    signed = sign_scoped_user(
         session,
         sealer,
         account,
@@ -203,56 +203,6 @@ _KEY_STATE_WORKLOAD = _key_state(
 )
 
 
-def _key_and_state(owner: ColumnElement[bool]) -> Select[Any]:
-    # A one-row anchor outer-joined to the key: the row exists even before the key does.
-    anchor = select(literal(1).label("one")).subquery()
-    revoked, taken = _key_state(owner).selected_columns
-    return (
-        select(AccountSigningKey, revoked, taken)
-        .select_from(anchor)
-        .outerjoin(
-            AccountSigningKey,
-            and_(
-                AccountSigningKey.account_id == bindparam("account_id"),
-                AccountSigningKey.role_set == bindparam("role_set"),
-                AccountSigningKey.retired_at.is_(None),
-            ),
-        )
-    )
-
-
-_KEY_AND_STATE_PERSON = _key_and_state(
-    or_(IssuedUserKey.user_id.is_(None), IssuedUserKey.user_id != bindparam("user_id"))
-)
-_KEY_AND_STATE_WORKLOAD = _key_and_state(
-    or_(IssuedUserKey.user_id.is_not(None), IssuedUserKey.name != bindparam("name"))
-)
-
-
-async def scoped_key_checked(
-    session: AsyncSession,
-    account_id: int,
-    role_set: str,
-    public_key: str | None,
-    *,
-    user_id: str | None,
-    name: str,
-) -> AccountSigningKey | None:
-    """The account's live scoped key for ``role_set`` (None: not made yet), with
-    ``public_key`` checked as ``check_public_key`` does, in one statement (the hot path)."""
-    statement = _KEY_AND_STATE_PERSON if user_id is not None else _KEY_AND_STATE_WORKLOAD
-    params = {
-        "account_id": account_id,
-        "role_set": role_set,
-        "public_key": public_key,
-        "user_id": user_id,
-        "name": name,
-    }
-    key, revoked, taken = (await session.execute(statement, params)).one()
-    _refuse_key(revoked=bool(revoked), taken=bool(taken))
-    return key
-
-
 def _refuse_key(*, revoked: bool, taken: bool) -> None:
     if revoked:
         raise ConflictError("that public key was revoked in this account: make a new key")
@@ -278,7 +228,50 @@ async def check_public_key(
     _refuse_key(revoked=bool(revoked), taken=bool(taken))
 
 
-async def sign_scoped_user(
+@dataclass(frozen=True)
+class ScopedSignature:
+    """A user JWT signed with a scoped key, not yet recorded."""
+
+    jwt: str
+    #: Its claims as signed (``sub``, ``jti``, ``iat``, ``exp``), for the issued-key row.
+    payload: dict[str, Any]
+    #: A creds file with the generated seed, when the caller brought no public key.
+    creds: str | None
+
+
+def sign_scoped(
+    key_seed: bytes,
+    account_public_key: str,
+    *,
+    name: str,
+    tags: list[str],
+    public_key: str | None,
+    expires_at: int,
+    now: int,
+) -> ScopedSignature:
+    """Sign a user JWT with an account's scoped key (its seed, unsealed): no permissions
+    of its own (the key's template applies). ``public_key`` None: a key pair is made and
+    its seed returned in ``creds`` (and never stored)."""
+    seed = None
+    if public_key is None:
+        public_key, seed = new_keypair("user")
+    claims = user_claims(
+        name,
+        public_key,
+        issuer_account=account_public_key,
+        tags=tags,
+        exp=expires_at,
+        scoped=True,
+    )
+    token, payload = encode_with_payload(claims, key_seed, iat=now)
+    return ScopedSignature(
+        jwt=token,
+        payload=payload,
+        creds=format_creds(token, seed) if seed is not None else None,
+    )
+
+
+def sign_scoped_user(
     session: AsyncSession,
     sealer: Sealer,
     account: Account,
@@ -299,25 +292,21 @@ async def sign_scoped_user(
     ``check_public_key``. ``public_key`` None: a key pair is made and its seed returned in
     ``creds`` (and never stored).
     """
-    when = int(time.time()) if now is None else now
-    seed = None
-    if public_key is None:
-        public_key, seed = new_keypair("user")
-    claims = user_claims(
-        name,
-        public_key,
-        issuer_account=account.public_key,
+    signed = sign_scoped(
+        sealer.open(key.seed_sealed),
+        account.public_key,
+        name=name,
         tags=tags,
-        exp=expires_at,
-        scoped=True,
+        public_key=public_key,
+        expires_at=expires_at,
+        now=int(time.time()) if now is None else now,
     )
-    token, payload = encode_with_payload(claims, sealer.open(key.seed_sealed), iat=when)
     issued = record_issued_key(
-        session, account, payload, name=name, signing_key=key.public_key, user_id=user_id
+        session, account, signed.payload, name=name, signing_key=key.public_key, user_id=user_id
     )
     return SignedUser(
-        jwt=token,
-        creds=format_creds(token, seed) if seed is not None else None,
+        jwt=signed.jwt,
+        creds=signed.creds,
         issued=issued,
         new_signing_key=new_signing_key,
     )

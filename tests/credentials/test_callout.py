@@ -9,6 +9,7 @@ answers are read back the way the server reads them.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.accounts.service import create_account
-from resolver.appkeys import IDENTITY_VERIFIER, SEALER, SESSIONMAKER, SETTINGS
+from resolver.appkeys import CREDENTIAL_ISSUER, IDENTITY_VERIFIER, SEALER, SESSIONMAKER, SETTINGS
 from resolver.config import AuthCalloutSettings, Settings
 from resolver.credentials.callout import (
     CLOCK_SKEW_SECONDS,
@@ -35,6 +36,7 @@ from resolver.credentials.callout_keys import (
     setup_auth_callout,
 )
 from resolver.credentials.identity import IdentityVerifier
+from resolver.credentials.issuer import CredentialIssuer
 from resolver.db.models import Account, AuditEntry, IssuedUserKey
 from resolver.errors import ConfigError, ConflictError
 from resolver.natsjwt import (
@@ -121,16 +123,20 @@ async def keys(
 
 
 @pytest.fixture
-def service(
+async def service(
     settings: Settings, sessions: Sessions, sealer: Sealer, keys: CalloutKeys
-) -> CalloutService:
+) -> AsyncIterator[CalloutService]:
     """The callout's request handling as the service runs it, minus the NATS connection."""
     app = web.Application()
     app[SETTINGS] = settings
     app[SEALER] = sealer
     app[SESSIONMAKER] = sessions
     app[IDENTITY_VERIFIER] = IdentityVerifier(settings)
-    return CalloutService(app, CalloutResponder(keys, sealer))
+    issuer = CredentialIssuer(sessions, sealer, settings)
+    issuer.start()
+    app[CREDENTIAL_ISSUER] = issuer
+    yield CalloutService(app, CalloutResponder(keys, sealer))
+    await issuer.stop()
 
 
 async def audit(sessions: Sessions, action: str) -> list[AuditEntry]:

@@ -1,0 +1,220 @@
+"""The batching issuer on SQLite and PostgreSQL: requests that arrive together are decided in
+one transaction, each on its own merits, and one that breaks cannot take the others down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from resolver.config import Settings
+from resolver.credentials.exchange import Ask, CredentialRequest, Outcome
+from resolver.credentials.identity import Identity
+from resolver.credentials.issuer import CredentialIssuer
+from resolver.db.models import AuditEntry, IssuedUserKey
+from resolver.errors import ConflictError, PermissionDeniedError, ValidationError
+from resolver.natsjwt import decode, new_keypair
+from resolver.sealing import Sealer
+from tests.credentials.conftest import World
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+def person(name: str) -> Identity:
+    return Identity(
+        idp="corp",
+        subject=f"00u-{name}",
+        user_value=f"{name}@example.com",
+        user_attribute="email",
+        claims={"sub": f"00u-{name}", "email": f"{name}@example.com"},
+        expires_at=int(time.time()) + 600,
+    )
+
+
+def ask(identity: Identity, public_key: str | None, request_id: str, **wanted: Any) -> Ask:
+    return Ask(
+        identity,
+        CredentialRequest(public_key=public_key, **wanted),
+        via="token",
+        source="127.0.0.1",
+        request_id=request_id,
+    )
+
+
+@pytest.fixture
+async def issuer(
+    sessions: Sessions, sealer: Sealer, settings: Settings, world: World
+) -> AsyncIterator[CredentialIssuer]:
+    running = CredentialIssuer(sessions, sealer, settings)
+    running.start()
+    yield running
+    await running.stop()
+
+
+async def issue_all(issuer: CredentialIssuer, asks: list[Ask]) -> list[Any]:
+    # Queued in one go, before the issuer's task runs again: one batch.
+    return await asyncio.gather(*(issuer.issue(a) for a in asks), return_exceptions=True)
+
+
+async def issued_keys(sessions: Sessions) -> list[str]:
+    async with sessions() as session:
+        return list(await session.scalars(select(IssuedUserKey.public_key)))
+
+
+async def issue_audit(sessions: Sessions) -> dict[str, AuditEntry]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "credentials.issue")
+        )
+        return {row.request_id or "": row for row in rows}
+
+
+async def test_requests_that_arrive_together_share_one_transaction(
+    issuer: CredentialIssuer, sessions: Sessions
+) -> None:
+    keys = [new_keypair("user")[0] for _ in range(12)]
+    asks = [
+        ask(person("alice" if i % 2 else "olga"), key, f"r{i}", account="ORDERS")
+        for i, key in enumerate(keys)
+    ]
+    results = await issue_all(issuer, asks)
+    assert issuer.batches == 1 and issuer.decided == 12
+    for i, (key, result) in enumerate(zip(keys, results, strict=True)):
+        claims = decode(result.jwt, expected_type="user").claims
+        assert claims["sub"] == key and result.user_public_key == key
+        assert claims["name"] == ("alice" if i % 2 else "olga")
+    assert sorted(await issued_keys(sessions)) == sorted(keys)
+    # One audit row per request, each under its own request id and person.
+    audit = await issue_audit(sessions)
+    assert sorted(audit) == sorted(f"r{i}" for i in range(12))
+    assert {audit[f"r{i}"].actor for i in (0, 1)} == {"olga", "alice"}
+    assert audit["r3"].details["user_key"] == keys[3]
+
+
+async def test_each_request_in_a_batch_is_decided_on_its_own(
+    issuer: CredentialIssuer, sessions: Sessions
+) -> None:
+    shared, alices, creds_file = new_keypair("user")[0], new_keypair("user")[0], None
+    results = await issue_all(
+        issuer,
+        [
+            ask(person("alice"), alices, "ok"),
+            ask(person("carol"), new_keypair("user")[0], "unbound"),
+            ask(person("dave"), new_keypair("user")[0], "inactive"),
+            ask(person("alice"), "not-a-key", "bad-key"),
+            ask(
+                person("olga"),
+                new_keypair("user")[0],
+                "no-such-role",
+                account="OPS",
+                roles=("admin",),
+            ),
+            ask(person("alice"), shared, "first-holder", account="ORDERS"),
+            # The same key for someone else, in the same batch: it is alice's now.
+            ask(person("olga"), shared, "second-holder", account="ORDERS"),
+            ask(person("olga"), creds_file, "creds-file", account="OPS"),
+        ],
+    )
+    assert issuer.batches == 1
+    by_id = dict(
+        zip(
+            [
+                "ok",
+                "unbound",
+                "inactive",
+                "bad-key",
+                "no-such-role",
+                "first-holder",
+                "second-holder",
+                "creds-file",
+            ],
+            results,
+            strict=True,
+        )
+    )
+    assert by_id["ok"].user_public_key == alices
+    assert isinstance(by_id["unbound"], PermissionDeniedError)
+    assert "inactive" in str(by_id["inactive"])
+    assert isinstance(by_id["bad-key"], ValidationError)
+    assert isinstance(by_id["no-such-role"], PermissionDeniedError)
+    assert by_id["first-holder"].name == "alice"
+    assert isinstance(by_id["second-holder"], ConflictError)
+    assert "someone else" in str(by_id["second-holder"])
+    assert by_id["creds-file"].creds and by_id["creds-file"].account_name == "OPS"
+    # Only the issued ones were written.
+    assert sorted(await issue_audit(sessions)) == ["creds-file", "first-holder", "ok"]
+    assert len(await issued_keys(sessions)) == 3
+
+
+class BreaksOn(CredentialIssuer):
+    """An issuer whose transaction fails whenever the batch holds a request from
+    ``source``: a stand-in for a database error one request trips."""
+
+    def __init__(self, *args: Any, source: str) -> None:
+        super().__init__(*args)
+        self.poison = source
+        self.transactions: list[int] = []
+
+    async def _transaction(self, asks: list[Ask]) -> list[Outcome]:
+        self.transactions.append(len(asks))
+        if any(a.source == self.poison for a in asks):
+            raise RuntimeError("the database went away")
+        return await super()._transaction(asks)
+
+
+async def test_a_batch_that_fails_is_decided_again_one_by_one(
+    sessions: Sessions, sealer: Sealer, settings: Settings, world: World
+) -> None:
+    issuer = BreaksOn(sessions, sealer, settings, source="10.9.9.9")
+    issuer.start()
+    try:
+        keys = [new_keypair("user")[0] for _ in range(4)]
+        asks = [ask(person("alice"), key, f"r{i}") for i, key in enumerate(keys)]
+        asks[2] = Ask(asks[2].identity, asks[2].request, via="token", source="10.9.9.9")
+        results = await issue_all(issuer, asks)
+    finally:
+        await issuer.stop()
+    # The batch of four failed, then each was tried alone: only the poisoned one fails.
+    assert issuer.transactions == [4, 1, 1, 1, 1]
+    assert isinstance(results[2], RuntimeError)
+    assert [r.user_public_key for i, r in enumerate(results) if i != 2] == [
+        keys[0],
+        keys[1],
+        keys[3],
+    ]
+    assert sorted(await issued_keys(sessions)) == sorted([keys[0], keys[1], keys[3]])
+
+
+async def test_a_caller_that_went_away_before_its_turn_gets_nothing_issued(
+    issuer: CredentialIssuer, sessions: Sessions
+) -> None:
+    kept, dropped = new_keypair("user")[0], new_keypair("user")[0]
+    stays = asyncio.ensure_future(issuer.issue(ask(person("alice"), kept, "stays")))
+    leaves = asyncio.ensure_future(issuer.issue(ask(person("alice"), dropped, "leaves")))
+    await asyncio.sleep(0)  # both queued, the issuer not run yet
+    leaves.cancel()
+    assert (await stays).user_public_key == kept
+    assert await issued_keys(sessions) == [kept]
+
+
+async def test_a_request_alone_is_not_kept_waiting(
+    issuer: CredentialIssuer, sessions: Sessions
+) -> None:
+    # Sequential callers: each is a batch of one, answered without waiting for company.
+    for i in range(3):
+        issued = await issuer.issue(ask(person("alice"), new_keypair("user")[0], f"r{i}"))
+        assert issued.name == "alice"
+    assert issuer.batches == 3
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(IssuedUserKey)) == 3
+
+
+async def test_a_stopped_issuer_refuses_new_requests(issuer: CredentialIssuer) -> None:
+    await issuer.stop()
+    with pytest.raises(RuntimeError, match="not running"):
+        await issuer.issue(ask(person("alice"), new_keypair("user")[0], "late"))

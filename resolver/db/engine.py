@@ -34,6 +34,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if url.startswith("sqlite+aiosqlite"):
         # aiosqlite, with one thread round trip per statement (see sqlite_driver).
         kwargs["module"] = one_trip_dbapi()
+        # inline_statements() uses the connection from the event loop's thread too, one
+        # statement at a time (sqlite3 itself is built thread-safe).
+        kwargs["connect_args"] = {"check_same_thread": False}
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

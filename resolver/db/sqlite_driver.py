@@ -12,14 +12,24 @@ It leans on two internals, both pinned in pyproject.toml: aiosqlite's ``Connecti
 (queue a function for its thread) and the shape of SQLAlchemy's ``AsyncAdapt_dbapi_cursor``.
 tests/db/test_sqlite_driver.py checks what SQLAlchemy relies on (rows, rowcount, lastrowid,
 RETURNING, executemany, errors, transactions).
+
+``inline_statements()``: for a caller whose statements are few, small and indexed (the
+credentials hot path), even one trip is too many. Within it, statements run on the event
+loop's own thread, except the one write that opens a transaction: that one may have to wait
+for another process's write lock, in SQLite's busy handler, which must not sleep on the
+loop. Nothing else can wait: WAL readers take no lock a writer holds, and once this
+connection holds the write lock its writes and its commit wait for no one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import sqlite3
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import aiosqlite
@@ -35,6 +45,19 @@ WRITER_WAIT_SECONDS = 10.0
 #: Statements before which sqlite3 (legacy transaction control) opens a transaction.
 _OPENS_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 _NO_RESULT: tuple[Any, int, int | None, list[Any]] = (None, -1, None, [])
+_INLINE: ContextVar[bool] = ContextVar("resolver_sqlite_inline", default=False)
+
+
+@contextlib.contextmanager
+def inline_statements() -> Iterator[None]:
+    """Run this task's SQLite statements (and commit) on the event loop's thread; see the
+    module docstring. Only for statements that take microseconds: a long one would stall
+    every other request for its whole length. No effect on other databases."""
+    token = _INLINE.set(True)
+    try:
+        yield
+    finally:
+        _INLINE.reset(token)
 
 
 def _run(
@@ -112,11 +135,17 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         adapt: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         raw = connection._conn
-        if not raw.in_transaction and _OPENS_WRITE.match(operation):
+        opens_write = not raw.in_transaction and _OPENS_WRITE.match(operation) is not None
+        if opens_write:
             await adapt.take_writer()
         try:
-            async with adapt._execute_mutex:
-                self._done = await connection._execute(_run, raw, operation, parameters, many)
+            if _INLINE.get() and not opens_write:
+                # No trip pending on this connection (each is awaited), so the thread is
+                # idle and the sqlite3 connection (check_same_thread=False) is ours.
+                self._done = _run(raw, operation, parameters, many)
+            else:
+                async with adapt._execute_mutex:
+                    self._done = await connection._execute(_run, raw, operation, parameters, many)
         finally:
             if not raw.in_transaction:
                 adapt.release_writer()  # the write failed, or it did not open a transaction
@@ -164,8 +193,15 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     # this connection's own statements change that state, and none is running here.
     def commit(self) -> None:
         try:
-            if self._connection._conn.in_transaction:
-                super().commit()
+            raw = self._connection._conn
+            if raw.in_transaction:
+                if _INLINE.get():
+                    try:
+                        raw.commit()  # holds the write lock: a WAL commit waits for no one
+                    except Exception as error:
+                        self._handle_exception(error)
+                else:
+                    super().commit()
         finally:
             self.release_writer()
 

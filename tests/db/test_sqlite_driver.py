@@ -4,12 +4,27 @@ of a DBAPI cursor, and this process's writers take turns instead of sleeping in 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, exc, insert, select, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    exc,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resolver.db import sqlite_driver
@@ -134,3 +149,69 @@ async def test_a_writer_waits_no_longer_than_the_busy_timeout(
                 await conn.execute(insert(things).values(name="late"))
     async with engine.begin() as conn:  # and nothing stays taken afterwards
         await conn.execute(insert(things).values(name="later"))
+
+
+def _thread_ids(engine: AsyncEngine) -> None:
+    # tid(): the id of the thread running the statement, as SQLite sees it.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _register(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection._connection._conn.create_function("tid", 0, threading.get_ident)
+
+
+async def test_inline_statements_run_on_the_loop_but_the_opening_write_does_not(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
+    _thread_ids(engine)
+    here = threading.get_ident()
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT tid()"))).scalar() != here
+        with sqlite_driver.inline_statements():
+            async with engine.begin() as conn:
+                assert (await conn.execute(text("SELECT tid()"))).scalar() == here
+                # The write that opens the transaction may wait for another process's
+                # lock in the busy handler: aiosqlite's thread. The writes after it: here.
+                await conn.execute(text("INSERT INTO things (name) VALUES (tid())"))
+                await conn.execute(text("INSERT INTO things (name) VALUES (tid() || 'b')"))
+        async with engine.connect() as conn:
+            opening, after = (await conn.execute(text("SELECT name FROM things"))).scalars()
+        assert int(opening) != here and after == f"{here}b"  # and both were committed
+    finally:
+        await engine.dispose()
+
+
+async def test_an_inline_writer_waits_for_another_process_without_stalling_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        other = sqlite3.connect(path, isolation_level=None)  # another process, as SQLite sees it
+        other.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        asyncio.get_running_loop().call_later(0.4, other.rollback)
+        started = time.monotonic()
+        with sqlite_driver.inline_statements():
+            async with engine.begin() as conn:
+                await conn.execute(insert(things).values(name="after the other"))
+        waited = time.monotonic() - started
+        ticker.cancel()
+        other.close()
+        assert waited >= 0.35
+        # The loop kept running while the write waited (a stall would leave ~0 ticks).
+        assert ticks >= 15
+    finally:
+        await engine.dispose()

@@ -58,6 +58,7 @@ from resolver.db.models import (
     Role,
     User,
 )
+from resolver.db.sqlite_driver import data_version
 from resolver.errors import (
     AuthenticationError,
     ConflictError,
@@ -348,6 +349,8 @@ class _Plan:
     lifetime: int
     from_scim: bool
     from_claims: bool
+    #: Every grant the read before the lock found for this identity, in every account.
+    read_before_lock: list[Grant]
 
 
 def _check_request(request: CredentialRequest, identity: Identity, when: int) -> None:
@@ -423,6 +426,7 @@ async def _plan(
             )
         raise PermissionDeniedError(f"user {name!r} has no binding to any account")
 
+    read_before_lock = grants
     wanted_account = _choose_account(grants, request.account, name)
     account_id = {g.account_name: g.account_id for g in grants}.get(wanted_account)
     if account_id is None and is_public_key(wanted_account, "account"):
@@ -465,6 +469,7 @@ async def _plan(
         lifetime,
         from_scim,
         from_claims,
+        read_before_lock,
     )
 
 
@@ -544,6 +549,20 @@ async def _current_grants(
                     grants.append(grant)
         current.append(grants)
     return current
+
+
+def _as_reread(plan: _Plan) -> list[Grant]:
+    """What ``_current_grants`` would find for ``plan``, from the read before the lock."""
+    return [
+        g
+        for g in plan.read_before_lock
+        if g.account_id == plan.account_id
+        and (
+            plan.from_claims
+            if g.group_id.startswith(CLAIM_GROUP_PREFIX)
+            else plan.from_scim and plan.person is not None
+        )
+    ]
 
 
 _SCOPED_KEYS = select(
@@ -674,6 +693,7 @@ async def exchange_many(
     # Core on the session's connection: the ORM's per-statement work (more than the
     # statement's own, on this path) buys nothing for rows that are read, not mapped.
     conn = await session.connection()
+    version = await data_version(conn)  # before the read: a commit after it changes it
     found = await _identities_grants(conn, [asks[i].identity for i in pending], moment)
     plans: dict[int, _Plan] = {}
     for index, grants in zip(pending, found, strict=True):
@@ -688,7 +708,12 @@ async def exchange_many(
 
     accounts = await _lock_accounts(conn, plans, outcomes)
     plans = {i: p for i, p in plans.items() if i not in outcomes}
-    current = await _current_grants(conn, list(plans.values()), moment)
+    if version is not None and version == await data_version(conn):
+        # SQLite, and no other connection committed since before the first read (the lock
+        # now stops anyone from doing so): a re-read would read the same rows.
+        current = [_as_reread(plan) for plan in plans.values()]
+    else:
+        current = await _current_grants(conn, list(plans.values()), moment)
     used: dict[int, list[Grant]] = {}
     for (index, plan), grants in zip(plans.items(), current, strict=True):
         if not set(plan.role_names) <= {g.role for g in grants}:

@@ -13,7 +13,9 @@ No aiohttp here: the views and the auth callout hand in the token, header or add
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -322,15 +324,35 @@ class IdentityVerifier:
         )
 
 
+# header.payload.signature, base64url (ALB pads with '='); the signature may be empty
+# (alg "none", refused by name below). What PyJWT accepts is a subset.
+_JWT_SHAPE = re.compile(r"([A-Za-z0-9_-]+={0,2})\.([A-Za-z0-9_-]+={0,2})\.[A-Za-z0-9_-]*={0,2}")
+
+
+def _json_segment(segment: str) -> Any:
+    bare = segment.rstrip("=")
+    return json.loads(base64.urlsafe_b64decode(bare + "=" * (-len(bare) % 4)))
+
+
 def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims, not verified yet: only to pick the issuer and its key."""
+    """Header and claims, not verified yet: only to pick the issuer and its key.
+
+    Read here, not by PyJWT: since 2.15 it checks every character of a token in a Python
+    loop, and the ``jwt.decode`` that follows (which verifies everything, this shape
+    included) does it again. Once per token is enough on the hot path.
+    """
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidTokenError("the token is too large")
+    shape = _JWT_SHAPE.fullmatch(token)
     try:
-        parts = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        if shape is None:
+            raise ValueError("not three base64url segments")
+        header, claims = (_json_segment(part) for part in shape.groups())
+    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; JSON nested too deep
         raise InvalidTokenError("the token is not a well-formed JWT") from None
-    return parts["header"], parts["payload"]
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise InvalidTokenError("the token is not a well-formed JWT")
+    return header, claims
 
 
 async def _verify(issuer: _Issuer, token: str, header: Mapping[str, Any]) -> Identity:

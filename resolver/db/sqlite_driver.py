@@ -38,6 +38,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.util.concurrency import await_
 
 #: As long as ``PRAGMA busy_timeout`` (resolver.db.engine): a writer waits no longer here.
@@ -236,6 +237,22 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
     def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
         stock = super().connect(*arg, **kw)
         return OneTripConnection(self, stock._connection)
+
+
+async def data_version(conn: AsyncConnection) -> int | None:
+    """SQLite's ``PRAGMA data_version`` on ``conn``: it changes whenever another connection
+    (in this process or not) commits. None on other databases.
+
+    Read straight from the sqlite3 connection (it waits for nothing and takes microseconds),
+    which is idle: every trip to its thread is awaited before the next statement.
+    """
+    if conn.dialect.name != "sqlite":
+        return None
+    fairy = await conn.get_raw_connection()
+    adapted = fairy.dbapi_connection
+    if not isinstance(adapted, OneTripConnection):
+        return None
+    return int(adapted._connection._conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 def one_trip_dbapi() -> OneTripDBAPI:

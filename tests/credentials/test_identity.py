@@ -4,6 +4,7 @@ JWKS over HTTP): what verifies, what is refused and why, how keys are fetched an
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -129,7 +130,27 @@ async def test_an_algorithm_outside_the_idps_list_is_refused(idp: IdpStandIn) ->
         await only_rs.verify_token(idp.token("00u1", algorithm="ES256"))
 
 
-@pytest.mark.parametrize("garbage", ["", "not-a-jwt", "a.b.c", "x" * 20_000])
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "not-a-jwt",
+        "a.b.c",
+        "x" * 20_000,
+        "a.b",
+        "a.b.c.d",
+        "e30.e30!.c2ln",  # a character outside base64url
+        "e30.e.c2ln",  # a segment of impossible length
+        f"{_b64(b'[1]')}.e30.c2ln",  # a header that is not an object
+        f"e30.{_b64(b'{')}.c2ln",  # claims that are not JSON
+        f"e30.{_b64(bytes([0xFF, 0xFE]))}.c2ln",  # not UTF-8
+        f"e30.{_b64(b'[' * 5000 + b']' * 5000)}.c2ln",  # nested deeper than json allows
+    ],
+)
 async def test_garbage_is_refused(verifier: IdentityVerifier, garbage: str) -> None:
     with pytest.raises(InvalidTokenError):
         await verifier.verify_token(garbage)

@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import delete, event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import await_only as await_
 
 from resolver.config import Settings
 from resolver.credentials.exchange import Ask, CredentialRequest, Outcome
 from resolver.credentials.identity import Identity
 from resolver.credentials.issuer import CredentialIssuer
-from resolver.db.models import AuditEntry, IssuedUserKey
+from resolver.db.engine import create_engine
+from resolver.db.models import AuditEntry, GroupMember, IssuedUserKey
 from resolver.errors import ConflictError, PermissionDeniedError, ValidationError
 from resolver.natsjwt import decode, new_keypair
 from resolver.sealing import Sealer
@@ -218,3 +220,79 @@ async def test_a_stopped_issuer_refuses_new_requests(issuer: CredentialIssuer) -
     await issuer.stop()
     with pytest.raises(RuntimeError, match="not running"):
         await issuer.issue(ask(person("alice"), new_keypair("user")[0], "late"))
+
+
+async def test_a_removal_committed_between_the_first_read_and_the_lock_is_honoured(
+    issuer: CredentialIssuer, sessions: Sessions, engine: AsyncEngine, db_url: str, world: World
+) -> None:
+    # Another writer (its own engine: another replica, the CLI) takes alice out of eng
+    # after the batch read her grants and before it locks the account. The batch must
+    # see it (a re-read under the lock), or it would issue to someone just deprovisioned.
+    other = create_engine(db_url)
+    removed = []
+
+    def remove_alice_first(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE accounts") and not removed:
+            removed.append(await_(_remove(other, world)))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", remove_alice_first)
+    try:
+        with pytest.raises(PermissionDeniedError, match="no binding"):
+            await issuer.issue(ask(person("alice"), new_keypair("user")[0], "r1"))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", remove_alice_first)
+        await other.dispose()
+    assert removed == [1]
+    assert await issued_keys(sessions) == []
+    # Olga, still in eng, is issued as before: the refusal was about alice's removal.
+    issued = await issuer.issue(ask(person("olga"), new_keypair("user")[0], "r2", account="ORDERS"))
+    assert issued.name == "olga"
+
+
+async def _remove(other: AsyncEngine, world: World) -> int:
+    async with other.begin() as conn:
+        result = await conn.execute(
+            delete(GroupMember).where(
+                GroupMember.user_id == world.users["alice"],
+                GroupMember.group_id == world.groups["eng"],
+            )
+        )
+        return int(result.rowcount)
+
+
+async def test_what_a_batch_costs_in_statements(
+    issuer: CredentialIssuer, engine: AsyncEngine, db_url: str
+) -> None:
+    # The hot path's budget: statements per batch, whatever its size. On SQLite, when no
+    # other connection committed since the first read, the re-read under the lock is
+    # skipped (PRAGMA data_version, read off the record, says nothing changed).
+    statements: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split())[:40])
+
+    await issuer.issue(ask(person("olga"), new_keypair("user")[0], "warm", account="ORDERS"))
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        asks = [
+            ask(person(name), new_keypair("user")[0], f"r{i}", account="ORDERS")
+            for i, name in enumerate(["alice", "olga"] * 5)
+        ]
+        await issue_all(issuer, asks)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert issuer.batches == 2
+    kinds = [
+        s.split()[0] + (" " + s.split()[2] if s.startswith("INSERT") else "") for s in statements
+    ]
+    reread = [] if db_url.startswith("sqlite") else ["SELECT"]
+    # read grants, lock, [re-read], known keys, scoped keys, issued keys, audit
+    assert kinds == [
+        "SELECT",
+        "UPDATE",
+        *reread,
+        "SELECT",
+        "SELECT",
+        "INSERT issued_user_keys",
+        "INSERT audit_log",
+    ], statements

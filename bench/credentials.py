@@ -16,7 +16,10 @@ on the other core) spends its time sending.
 - reference, same run, same rate: ``GET /healthz`` on the same service (the HTTP floor);
 - auth callout: ``nats.connect(token=...)`` at ``--rate`` per second, timed from the start
   of the connect to its return (the server answered +OK after the callout's reply), each
-  connection closed after; reference: the same connects with a creds file (no callout).
+  connection closed after; reference: the same connects with a creds file (no callout);
+- cost: the service's CPU time (all its threads, from /proc) per request over each phase.
+  This machine's speed drifts from run to run; CPU per request says what the code costs,
+  and shows how much more a request costs alone (open loop) than in a stream (closed loop).
 """
 
 from __future__ import annotations
@@ -51,6 +54,31 @@ def python_loop_seconds() -> float:
     for i in range(10_000_000):
         total += i
     return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) process ``pid`` used so far; None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServiceCPU:
+    """The service's CPU per request over a phase: what a request costs it, whatever the
+    machine's speed does to latencies."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = cpu_seconds(pid)
+
+    def per_request(self, requests: float) -> str:
+        end = cpu_seconds(self.pid)
+        if end is None or self.start is None or not requests:
+            return ""
+        return f"service CPU {(end - self.start) * 1000 / requests:.2f} ms/request"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -121,7 +149,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             stack.stop()
     width = max(len(name) for name, *_ in rows)
-    print(f"\n{'measure'.ljust(width)}  {'result':<28}  target / reference")
+    print(f"\n{'measure'.ljust(width)}  {'result':<28}  target / reference / cost")
     print(f"{'-' * width}  {'-' * 28}  {'-' * 34}")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value:<28}  {note}".rstrip())
@@ -164,16 +192,26 @@ async def run(
             "smaller is faster; compare runs by it",
         )
     ]
-    per_second = await closed_loop(min(args.seconds, 5), 8, exchange)
-    rows.append(("token exchange, closed loop (8 clients)", f"{per_second:,.0f} issued/s", ""))
+    pid = stack.service.proc.pid
+    seconds = min(args.seconds, 5)
+    cpu = ServiceCPU(pid)
+    per_second = await closed_loop(seconds, 8, exchange)
+    rows.append(
+        (
+            "token exchange, closed loop (8 clients)",
+            f"{per_second:,.0f} issued/s",
+            cpu.per_request(per_second * seconds),
+        )
+    )
     ref, ref_errors = await open_loop(args.rate, args.seconds, healthz)
+    cpu = ServiceCPU(pid)
     lat, errors = await open_loop(args.rate, args.seconds, exchange)
     target = "p99 < 10 ms: " + ("met" if pct(lat, 0.99) < 10 else "NOT met")
     rows.append(
         (
             f"token exchange at {args.rate:.0f}/s, p50 / p99 / max",
             f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} / {max(lat):.1f} ms",
-            f"{target}; errors {errors}",
+            f"{target}; errors {errors}; {cpu.per_request(len(lat))}",
         )
     )
     rows.append(
@@ -219,16 +257,24 @@ async def run(
         await asyncio.sleep(0.1)
     for i in range(20):
         await callout(i)
-    per_second = await closed_loop(min(args.seconds, 5), 8, callout)
-    rows.append(("auth callout, closed loop (8 clients)", f"{per_second:,.0f} connects/s", ""))
+    cpu = ServiceCPU(pid)
+    per_second = await closed_loop(seconds, 8, callout)
+    rows.append(
+        (
+            "auth callout, closed loop (8 clients)",
+            f"{per_second:,.0f} connects/s",
+            cpu.per_request(per_second * seconds),
+        )
+    )
     ref, ref_errors = await open_loop(args.rate, args.seconds, plain)
+    cpu = ServiceCPU(pid)
     lat, errors = await open_loop(args.rate, args.seconds, callout)
     rows.append(
         (
             f"auth callout connect at {args.rate:.0f}/s, p50 / p99 / max",
             f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} / {max(lat):.1f} ms",
             f"nats-server auth timeout 2000 ms: max is {max(lat) / 2000:.1%} of it; "
-            f"errors {errors}",
+            f"errors {errors}; {cpu.per_request(len(lat))}",
         )
     )
     rows.append(

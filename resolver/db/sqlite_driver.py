@@ -15,9 +15,10 @@ RETURNING, executemany, errors, transactions).
 
 ``inline_statements()``: for a caller whose statements are few, small and indexed (the
 credentials hot path), even one trip is too many. Within it, statements run on the event
-loop's own thread, except the one write that opens a transaction: that one may have to wait
-for another process's write lock, in SQLite's busy handler, which must not sleep on the
-loop. Nothing else can wait: WAL readers take no lock a writer holds, and once this
+loop's own thread. Only the write that opens a transaction may have to wait, for another
+process's write lock, and SQLite's busy handler must not sleep on the loop: that write is
+tried here with no busy wait, and if the lock is taken it goes to aiosqlite's thread to
+wait. Nothing else can wait: WAL readers take no lock a writer holds, and once this
 connection holds the write lock its writes and its commit wait for no one.
 """
 
@@ -41,8 +42,10 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.util.concurrency import await_
 
-#: As long as ``PRAGMA busy_timeout`` (resolver.db.engine): a writer waits no longer here.
-WRITER_WAIT_SECONDS = 10.0
+#: SQLite's busy timeout (set at connect by resolver.db.engine).
+BUSY_TIMEOUT_MS = 10_000
+#: As long as the busy timeout: a writer waits no longer here.
+WRITER_WAIT_SECONDS = BUSY_TIMEOUT_MS / 1000
 #: Statements before which sqlite3 (legacy transaction control) opens a transaction.
 _OPENS_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 _NO_RESULT: tuple[Any, int, int | None, list[Any]] = (None, -1, None, [])
@@ -78,6 +81,26 @@ def _run(
         return description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
+
+
+def _run_unless_busy(
+    conn: sqlite3.Connection, operation: str, parameters: Any, many: bool
+) -> tuple[Any, int, int | None, list[Any]] | None:
+    """``_run`` for a write that opens a transaction, on the loop's thread, if the write
+    lock is free; None (and no transaction left open) if another process holds it: then
+    the caller waits for it on aiosqlite's thread, in the busy handler."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        return _run(conn, operation, parameters, many)
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            raise
+        # sqlite3 opened a transaction before the write: end it, so that the retry starts
+        # afresh (a WAL reader's stale snapshot could not be upgraded to a writer).
+        conn.rollback()
+        return None
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -140,13 +163,18 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         if opens_write:
             await adapt.take_writer()
         try:
-            if _INLINE.get() and not opens_write:
-                # No trip pending on this connection (each is awaited), so the thread is
-                # idle and the sqlite3 connection (check_same_thread=False) is ours.
-                self._done = _run(raw, operation, parameters, many)
+            # No trip pending on this connection (each is awaited), so the thread is idle
+            # and the sqlite3 connection (check_same_thread=False) is ours.
+            if not _INLINE.get():
+                done = None
+            elif opens_write:
+                done = _run_unless_busy(raw, operation, parameters, many)
             else:
+                done = _run(raw, operation, parameters, many)
+            if done is None:
                 async with adapt._execute_mutex:
-                    self._done = await connection._execute(_run, raw, operation, parameters, many)
+                    done = await connection._execute(_run, raw, operation, parameters, many)
+            self._done = done
         finally:
             if not raw.in_transaction:
                 adapt.release_writer()  # the write failed, or it did not open a transaction

@@ -158,9 +158,7 @@ def _thread_ids(engine: AsyncEngine) -> None:
         dbapi_connection._connection._conn.create_function("tid", 0, threading.get_ident)
 
 
-async def test_inline_statements_run_on_the_loop_but_the_opening_write_does_not(
-    tmp_path: Path,
-) -> None:
+async def test_inline_statements_run_on_the_loop(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
     _thread_ids(engine)
     here = threading.get_ident()
@@ -172,13 +170,15 @@ async def test_inline_statements_run_on_the_loop_but_the_opening_write_does_not(
         with sqlite_driver.inline_statements():
             async with engine.begin() as conn:
                 assert (await conn.execute(text("SELECT tid()"))).scalar() == here
-                # The write that opens the transaction may wait for another process's
-                # lock in the busy handler: aiosqlite's thread. The writes after it: here.
+                # The write lock is free: the write that takes it runs here too.
                 await conn.execute(text("INSERT INTO things (name) VALUES (tid())"))
                 await conn.execute(text("INSERT INTO things (name) VALUES (tid() || 'b')"))
-        async with engine.connect() as conn:
-            opening, after = (await conn.execute(text("SELECT name FROM things"))).scalars()
-        assert int(opening) != here and after == f"{here}b"  # and both were committed
+            async with engine.connect() as conn:
+                names = (await conn.execute(text("SELECT name FROM things"))).scalars().all()
+                # The busy timeout is back after the write that tried without it.
+                timeout = (await conn.execute(text("PRAGMA busy_timeout"))).scalar()
+        assert names == [str(here), f"{here}b"]  # both committed
+        assert timeout == sqlite_driver.BUSY_TIMEOUT_MS
     finally:
         await engine.dispose()
 
@@ -188,6 +188,8 @@ async def test_an_inline_writer_waits_for_another_process_without_stalling_the_l
 ) -> None:
     path = tmp_path / "locked.db"
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    _thread_ids(engine)
+    here = threading.get_ident()
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
@@ -206,12 +208,18 @@ async def test_an_inline_writer_waits_for_another_process_without_stalling_the_l
         started = time.monotonic()
         with sqlite_driver.inline_statements():
             async with engine.begin() as conn:
-                await conn.execute(insert(things).values(name="after the other"))
+                # The lock is taken: this write waits in the busy handler, on aiosqlite's
+                # thread; once it holds the lock, the next write runs here.
+                await conn.execute(text("INSERT INTO things (name) VALUES (tid())"))
+                await conn.execute(text("INSERT INTO things (name) VALUES (tid() || 'b')"))
         waited = time.monotonic() - started
         ticker.cancel()
         other.close()
+        async with engine.connect() as conn:
+            opening, after = (await conn.execute(text("SELECT name FROM things"))).scalars()
         assert waited >= 0.35
         # The loop kept running while the write waited (a stall would leave ~0 ticks).
         assert ticks >= 15
+        assert int(opening) != here and after == f"{here}b"
     finally:
         await engine.dispose()

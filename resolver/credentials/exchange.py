@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -565,19 +565,6 @@ def _as_reread(plan: _Plan) -> list[Grant]:
     ]
 
 
-_SCOPED_KEYS = select(
-    AccountSigningKey.id,
-    AccountSigningKey.account_id,
-    AccountSigningKey.role_set,
-    AccountSigningKey.public_key,
-    AccountSigningKey.seed_sealed,
-).where(
-    AccountSigningKey.account_id.in_(bindparam("account_ids", expanding=True)),
-    AccountSigningKey.role_set.in_(bindparam("role_sets", expanding=True)),
-    AccountSigningKey.retired_at.is_(None),
-)
-
-
 @dataclass(frozen=True)
 class _Key:
     """A scoped signing key, as signing needs it."""
@@ -587,32 +574,93 @@ class _Key:
     seed_sealed: bytes
 
 
-# Everything known here about the callers' own public keys in these accounts: revoked
-# (no owner) or issued, to whom. One statement for the batch.
-_KEYS_KNOWN = union_all(
-    select(
+def _keys_row(kind: str, *columns: Any) -> Select[Any]:
+    labels = ("account_id", "key", "other", "name", "key_id", "seed")
+    return select(
+        literal(kind, String).label("kind"),
+        *(column.label(label) for column, label in zip(columns, labels, strict=True)),
+    )
+
+
+# Read under the lock, one statement for the batch: what is known here about the callers'
+# own public keys in these accounts (revoked; issued, to whom), and the accounts' live
+# scoped keys for the role sets asked for. Columns: kind, account, public key or role set,
+# the issued key's user or the scoped key's public key, the issued key's name, the scoped
+# key's id and sealed seed.
+_KEYS_UNDER_LOCK = union_all(
+    _keys_row(
+        "revoked",
         Revocation.account_id,
         Revocation.public_key,
-        literal(True),
-        _typed_null(IssuedUserKey.user_id).label("user_id"),
-        _typed_null(IssuedUserKey.name).label("name"),
+        _typed_null(IssuedUserKey.user_id),
+        _typed_null(IssuedUserKey.name),
+        _typed_null(AccountSigningKey.id),
+        _typed_null(AccountSigningKey.seed_sealed),
     ).where(
         Revocation.account_id.in_(bindparam("account_ids", expanding=True)),
         Revocation.public_key.in_(bindparam("public_keys", expanding=True)),
     ),
-    select(
+    _keys_row(
+        "issued",
         IssuedUserKey.account_id,
         IssuedUserKey.public_key,
-        literal(False),
         IssuedUserKey.user_id,
         IssuedUserKey.name,
+        _typed_null(AccountSigningKey.id),
+        _typed_null(AccountSigningKey.seed_sealed),
     )
     .where(
         IssuedUserKey.public_key.in_(bindparam("public_keys", expanding=True)),
         IssuedUserKey.account_id.in_(bindparam("account_ids", expanding=True)),
     )
     .distinct(),
+    _keys_row(
+        "scoped",
+        AccountSigningKey.account_id,
+        AccountSigningKey.role_set,
+        AccountSigningKey.public_key,
+        _typed_null(IssuedUserKey.name),
+        AccountSigningKey.id,
+        AccountSigningKey.seed_sealed,
+    ).where(
+        AccountSigningKey.account_id.in_(bindparam("account_ids", expanding=True)),
+        AccountSigningKey.role_set.in_(bindparam("role_sets", expanding=True)),
+        AccountSigningKey.retired_at.is_(None),
+    ),
 )
+
+
+@dataclass
+class _KnownKeys:
+    revoked: set[tuple[int, str]] = field(default_factory=set)
+    #: (account, public key) → who it was issued to: (user id, None) or (None, workload).
+    owners: dict[tuple[int, str], set[tuple[str | None, str | None]]] = field(default_factory=dict)
+    #: (account, role set) → its live scoped key.
+    scoped: dict[tuple[int, str], _Key] = field(default_factory=dict)
+
+
+async def _read_keys(conn: AsyncConnection, plans: dict[int, _Plan]) -> _KnownKeys:
+    params = {
+        "account_ids": sorted({p.account_id for p in plans.values()}),
+        "public_keys": sorted(
+            {p.ask.request.public_key for p in plans.values() if p.ask.request.public_key}
+        ),
+        "role_sets": sorted({role_set_name(p.roles) for p in plans.values()}),
+    }
+    known = _KnownKeys()
+    for kind, account_id, key, other, name, key_id, seed in await conn.execute(
+        _KEYS_UNDER_LOCK, params
+    ):
+        if kind == "revoked":
+            known.revoked.add((account_id, key))
+        elif kind == "issued":
+            # A person's row is theirs whatever its name; a workload's is known by name.
+            known.owners.setdefault((account_id, key), set()).add(
+                (other, None) if other is not None else (None, name)
+            )
+        else:
+            known.scoped[(account_id, key)] = _Key(key_id, other, seed)
+    return known
 
 
 def _owner(plan: _Plan) -> tuple[str | None, str | None]:
@@ -622,34 +670,18 @@ def _owner(plan: _Plan) -> tuple[str | None, str | None]:
     return None, plan.name
 
 
-async def _refuse_known_keys(
-    conn: AsyncConnection, plans: dict[int, _Plan], outcomes: dict[int, Outcome]
+def _refuse_known_keys(
+    plans: dict[int, _Plan], outcomes: dict[int, Outcome], known: _KnownKeys
 ) -> None:
     """Refuse a caller's public key revoked in the account or issued there to someone else
     (``check_public_key``'s rule), including to someone else earlier in this batch."""
-    brought = {i: p for i, p in plans.items() if p.ask.request.public_key is not None}
-    if not brought:
-        return
-    params = {
-        "account_ids": sorted({p.account_id for p in brought.values()}),
-        "public_keys": sorted({p.ask.request.public_key for p in brought.values()}),
-    }
-    revoked: set[tuple[int, str]] = set()
-    owners: dict[tuple[int, str], set[tuple[str | None, str | None]]] = {}
-    for account_id, public_key, is_revocation, user_id, name in await conn.execute(
-        _KEYS_KNOWN, params
-    ):
-        if is_revocation:
-            revoked.add((account_id, public_key))
-        else:
-            # A person's row is theirs whatever its name; a workload's is known by name.
-            owners.setdefault((account_id, public_key), set()).add(
-                (user_id, None) if user_id is not None else (None, name)
-            )
-    for index, plan in brought.items():
+    owners = known.owners
+    for index, plan in plans.items():
+        if plan.ask.request.public_key is None:
+            continue  # a key pair made here: nobody else can hold it
         where = (plan.account_id, plan.ask.request.public_key)
         mine = _owner(plan)
-        if where in revoked:
+        if where in known.revoked:
             outcomes[index] = ConflictError(
                 "that public key was revoked in this account: make a new key"
             )
@@ -724,10 +756,11 @@ async def exchange_many(
         else:
             used[index] = [g for g in grants if g.role in plan.role_names]
     plans = {i: p for i, p in plans.items() if i in used}
-    await _refuse_known_keys(conn, plans, outcomes)
+    known = await _read_keys(conn, plans) if plans else _KnownKeys()
+    _refuse_known_keys(plans, outcomes, known)
     plans = {i: p for i, p in plans.items() if i not in outcomes}
     if plans:
-        keys = await _scoped_keys(session, sealer, settings, plans, accounts)
+        keys = await _scoped_keys(session, sealer, settings, plans, accounts, known.scoped)
         outcomes |= await _sign_and_record(conn, sealer, plans, used, accounts, keys, when)
     return [outcomes[i] for i in range(len(asks))]
 
@@ -738,23 +771,14 @@ async def _scoped_keys(
     settings: Settings,
     plans: dict[int, _Plan],
     accounts: dict[int, _Locked],
+    live: dict[tuple[int, str], _Key],
 ) -> dict[tuple[int, str], tuple[_Key, bool]]:
     """(account, role set) → (its scoped key, made now). A set's first issue makes its key
     here, under the lock, so two first issues cannot both make one; an account that got
     one is re-signed (once), because a user JWT signed by a key the served account JWT
     does not list cannot connect."""
     wanted = {(p.account_id, role_set_name(p.roles)): p for p in plans.values()}
-    params = {
-        "account_ids": sorted({a for a, _ in wanted}),
-        "role_sets": sorted({r for _, r in wanted}),
-    }
-    found: dict[tuple[int, str], tuple[_Key, bool]] = {}
-    conn = await session.connection()
-    for key_id, account_id, role_set, public_key, seed_sealed in await conn.execute(
-        _SCOPED_KEYS, params
-    ):
-        if (account_id, role_set) in wanted:
-            found[(account_id, role_set)] = (_Key(key_id, public_key, seed_sealed), False)
+    found = {where: (live[where], False) for where in wanted if where in live}
     changed: dict[int, Account] = {}
     for where, plan in wanted.items():
         if where not in found:

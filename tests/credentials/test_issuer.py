@@ -13,6 +13,7 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import await_only as await_
 
+from resolver.accounts.service import get_account, revoke_user_key
 from resolver.config import Settings
 from resolver.credentials.exchange import Ask, CredentialRequest, Outcome
 from resolver.credentials.identity import Identity
@@ -22,7 +23,7 @@ from resolver.db.models import AuditEntry, GroupMember, IssuedUserKey
 from resolver.errors import ConflictError, PermissionDeniedError, ValidationError
 from resolver.natsjwt import decode, new_keypair
 from resolver.sealing import Sealer
-from tests.credentials.conftest import World
+from tests.credentials.conftest import ADMIN, World
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -286,13 +287,41 @@ async def test_what_a_batch_costs_in_statements(
         s.split()[0] + (" " + s.split()[2] if s.startswith("INSERT") else "") for s in statements
     ]
     reread = [] if db_url.startswith("sqlite") else ["SELECT"]
-    # read grants, lock, [re-read], known keys, scoped keys, issued keys, audit
+    # read grants, lock, [re-read], known and scoped keys, issued keys, audit
     assert kinds == [
         "SELECT",
         "UPDATE",
         *reread,
         "SELECT",
-        "SELECT",
         "INSERT issued_user_keys",
         "INSERT audit_log",
     ], statements
+
+
+async def test_a_key_revoked_in_the_account_is_refused_and_others_in_the_batch_are_not(
+    issuer: CredentialIssuer, sessions: Sessions, sealer: Sealer, settings: Settings
+) -> None:
+    revoked, fresh = new_keypair("user")[0], new_keypair("user")[0]
+    await issuer.issue(ask(person("alice"), revoked, "first"))
+    async with sessions() as session, session.begin():
+        orders = await get_account(session, "ORDERS")
+        await revoke_user_key(session, sealer, settings, orders, revoked, actor=ADMIN)
+    again, other = await issue_all(
+        issuer, [ask(person("alice"), revoked, "again"), ask(person("alice"), fresh, "fresh")]
+    )
+    assert isinstance(again, ConflictError) and "revoked in this account" in str(again)
+    assert other.user_public_key == fresh
+    # A workload may not take a person's key either (nor the reverse).
+    workload = Identity(
+        idp="corp",
+        subject="ci-runner",
+        user_value=None,
+        user_attribute="email",
+        claims={"sub": "ci-runner", "roles": ["ci-deployer"]},
+        expires_at=int(time.time()) + 600,
+        workload_name="corp:ci-runner",
+    )
+    with pytest.raises(ConflictError, match="someone else"):
+        await issuer.issue(ask(workload, fresh, "taken"))
+    mine = await issuer.issue(ask(workload, new_keypair("user")[0], "own"))
+    assert mine.name == "corp:ci-runner" and mine.roles == ("deployer",)

@@ -311,11 +311,12 @@ async def _identities_grants(
     for identity, key in zip(identities, keys, strict=True):
         grants = [g for r in claim_rows if (g := _claim_grant(identity, r)) is not None]
         mine = person_rows.get(key, []) if key is not None else []
-        if len({row[0] for row in mine}) > 1:
+        if key is not None and len({row[0] for row in mine}) > 1:
             # Two SCIM users share that email or externalId: picking one would be a guess.
+            attribute, value = key
             found.append(
                 PermissionDeniedError(
-                    f"more than one SCIM user has {key[0]} {key[1]!r}; "  # type: ignore[index]
+                    f"more than one SCIM user has {attribute} {value!r}; "
                     "ask an admin to fix the IdP"
                 )
             )

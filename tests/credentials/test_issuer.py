@@ -19,7 +19,7 @@ from resolver.credentials.exchange import Ask, CredentialRequest, Outcome
 from resolver.credentials.identity import Identity
 from resolver.credentials.issuer import CredentialIssuer
 from resolver.db.engine import create_engine
-from resolver.db.models import AuditEntry, GroupMember, IssuedUserKey
+from resolver.db.models import AuditEntry, GroupMember, IssuedUserKey, User
 from resolver.errors import ConflictError, PermissionDeniedError, ValidationError
 from resolver.natsjwt import decode, new_keypair
 from resolver.sealing import Sealer
@@ -325,3 +325,28 @@ async def test_a_key_revoked_in_the_account_is_refused_and_others_in_the_batch_a
         await issuer.issue(ask(workload, fresh, "taken"))
     mine = await issuer.issue(ask(workload, new_keypair("user")[0], "own"))
     assert mine.name == "corp:ci-runner" and mine.roles == ("deployer",)
+
+
+async def test_two_people_with_the_token_s_email_are_refused_not_guessed(
+    issuer: CredentialIssuer, sessions: Sessions
+) -> None:
+    async with sessions() as session, session.begin():
+        session.add(
+            User(
+                user_name="alice.again",
+                user_name_key="alice.again",
+                email="alice@example.com",
+                active=True,
+                resource={"userName": "alice.again"},
+            )
+        )
+    alice, olga = await issue_all(
+        issuer,
+        [
+            ask(person("alice"), new_keypair("user")[0], "alice"),
+            ask(person("olga"), new_keypair("user")[0], "olga", account="ORDERS"),
+        ],
+    )
+    assert isinstance(alice, PermissionDeniedError)
+    assert "more than one SCIM user has email 'alice@example.com'" in str(alice)
+    assert olga.name == "olga"

@@ -193,16 +193,20 @@ async def run(
         )
     ]
     pid = stack.service.proc.pid
-    seconds = min(args.seconds, 5)
-    cpu = ServiceCPU(pid)
-    per_second = await closed_loop(seconds, 8, exchange)
-    rows.append(
-        (
-            "token exchange, closed loop (8 clients)",
-            f"{per_second:,.0f} issued/s",
-            cpu.per_request(per_second * seconds),
+
+    async def closed_row(name: str, unit: str, call: Callable[[int], Awaitable[bool]]) -> None:
+        seconds = min(args.seconds, 5)
+        cpu = ServiceCPU(pid)
+        per_second = await closed_loop(seconds, 8, call)
+        rows.append(
+            (
+                f"{name}, closed loop (8 clients)",
+                f"{per_second:,.0f} {unit}/s",
+                cpu.per_request(per_second * seconds),
+            )
         )
-    )
+
+    await closed_row("token exchange", "issued", exchange)
     ref, ref_errors = await open_loop(args.rate, args.seconds, healthz)
     cpu = ServiceCPU(pid)
     lat, errors = await open_loop(args.rate, args.seconds, exchange)
@@ -257,15 +261,7 @@ async def run(
         await asyncio.sleep(0.1)
     for i in range(20):
         await callout(i)
-    cpu = ServiceCPU(pid)
-    per_second = await closed_loop(seconds, 8, callout)
-    rows.append(
-        (
-            "auth callout, closed loop (8 clients)",
-            f"{per_second:,.0f} connects/s",
-            cpu.per_request(per_second * seconds),
-        )
-    )
+    await closed_row("auth callout", "connects", callout)
     ref, ref_errors = await open_loop(args.rate, args.seconds, plain)
     cpu = ServiceCPU(pid)
     lat, errors = await open_loop(args.rate, args.seconds, callout)

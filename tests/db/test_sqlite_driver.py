@@ -151,75 +151,68 @@ async def test_a_writer_waits_no_longer_than_the_busy_timeout(
         await conn.execute(insert(things).values(name="later"))
 
 
-def _thread_ids(engine: AsyncEngine) -> None:
-    # tid(): the id of the thread running the statement, as SQLite sees it.
+@pytest.fixture
+async def traced(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` with tid(): the id of the thread running a statement, as SQLite sees it."""
+
     @event.listens_for(engine.sync_engine, "connect")
     def _register(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection._connection._conn.create_function("tid", 0, threading.get_ident)
 
+    await engine.dispose()  # connections made from now on have tid()
+    return engine
 
-async def test_inline_statements_run_on_the_loop(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
-    _thread_ids(engine)
+
+async def test_inline_statements_run_on_the_loop(traced: AsyncEngine) -> None:
     here = threading.get_ident()
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        async with engine.connect() as conn:
-            assert (await conn.execute(text("SELECT tid()"))).scalar() != here
-        with sqlite_driver.inline_statements():
-            async with engine.begin() as conn:
-                assert (await conn.execute(text("SELECT tid()"))).scalar() == here
-                # The write lock is free: the write that takes it runs here too.
-                await conn.execute(text("INSERT INTO things (name) VALUES (tid())"))
-                await conn.execute(text("INSERT INTO things (name) VALUES (tid() || 'b')"))
-            async with engine.connect() as conn:
-                names = (await conn.execute(text("SELECT name FROM things"))).scalars().all()
-                # The busy timeout is back after the write that tried without it.
-                timeout = (await conn.execute(text("PRAGMA busy_timeout"))).scalar()
-        assert names == [str(here), f"{here}b"]  # both committed
-        assert timeout == sqlite_driver.BUSY_TIMEOUT_MS
-    finally:
-        await engine.dispose()
+    async with traced.connect() as conn:
+        assert (await conn.execute(text("SELECT tid()"))).scalar() != here
+    with sqlite_driver.inline_statements():
+        async with traced.begin() as conn:
+            assert (await conn.execute(text("SELECT tid()"))).scalar() == here
+            # The write lock is free: the write that takes it runs here too.
+            await conn.execute(text("INSERT INTO things (name) VALUES (tid())"))
+            await conn.execute(text("INSERT INTO things (name) VALUES (tid() || 'b')"))
+        async with traced.connect() as conn:
+            names = (await conn.execute(text("SELECT name FROM things"))).scalars().all()
+            # The busy timeout is back after the write that tried without it.
+            timeout = (await conn.execute(text("PRAGMA busy_timeout"))).scalar()
+    assert names == [str(here), f"{here}b"]  # both committed
+    assert timeout == sqlite_driver.BUSY_TIMEOUT_MS
 
 
 async def test_an_inline_writer_waits_for_another_process_without_stalling_the_loop(
-    tmp_path: Path,
+    traced: AsyncEngine, tmp_path: Path
 ) -> None:
-    path = tmp_path / "locked.db"
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    _thread_ids(engine)
     here = threading.get_ident()
+    # Another process, as SQLite sees it, holding the write lock for 0.4 s.
+    other = sqlite3.connect(tmp_path / "driver.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(0.4, other.rollback)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        other = sqlite3.connect(path, isolation_level=None)  # another process, as SQLite sees it
-        other.execute("BEGIN IMMEDIATE")
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        asyncio.get_running_loop().call_later(0.4, other.rollback)
-        started = time.monotonic()
         with sqlite_driver.inline_statements():
-            async with engine.begin() as conn:
+            async with traced.begin() as conn:
                 # The lock is taken: this write waits in the busy handler, on aiosqlite's
                 # thread; once it holds the lock, the next write runs here.
                 await conn.execute(text("INSERT INTO things (name) VALUES (tid())"))
                 await conn.execute(text("INSERT INTO things (name) VALUES (tid() || 'b')"))
         waited = time.monotonic() - started
+    finally:
         ticker.cancel()
         other.close()
-        async with engine.connect() as conn:
-            opening, after = (await conn.execute(text("SELECT name FROM things"))).scalars()
-        assert waited >= 0.35
-        # The loop kept running while the write waited (a stall would leave ~0 ticks).
-        assert ticks >= 15
-        assert int(opening) != here and after == f"{here}b"
-    finally:
-        await engine.dispose()
+    async with traced.connect() as conn:
+        opening, after = (await conn.execute(text("SELECT name FROM things"))).scalars()
+    assert waited >= 0.35
+    # The loop kept running while the write waited (a stall would leave ~0 ticks).
+    assert ticks >= 15
+    assert int(opening) != here and after == f"{here}b"

@@ -71,7 +71,7 @@ from resolver.natsjwt import is_public_key
 from resolver.policy.access import Grant, grants_of_users
 from resolver.policy.roles import RoleSpec, max_ttl, parse_role, role_set_name
 from resolver.policy.scoped_keys import load_roles, scoped_key_for
-from resolver.policy.user_creds import group_tag, sign_scoped
+from resolver.policy.user_creds import group_tag, refuse_public_key, sign_scoped
 from resolver.sealing import Sealer
 
 #: ``Grant.group_id`` of a grant that comes from a token claim, not a SCIM group.
@@ -682,16 +682,13 @@ def _refuse_known_keys(
             continue  # a key pair made here: nobody else can hold it
         where = (plan.account_id, plan.ask.request.public_key)
         mine = _owner(plan)
-        if where in known.revoked:
-            outcomes[index] = ConflictError(
-                "that public key was revoked in this account: make a new key"
-            )
-        elif owners.setdefault(where, set()) - {mine}:
-            outcomes[index] = ConflictError(
-                "that public key was issued to someone else in this account: make a new key"
-            )
+        holders = owners.setdefault(where, set())
+        try:
+            refuse_public_key(revoked=where in known.revoked, taken=bool(holders - {mine}))
+        except ConflictError as refusal:
+            outcomes[index] = refusal
         else:
-            owners[where].add(mine)  # later asks in this batch see it as issued
+            holders.add(mine)  # later asks in this batch see it as issued
 
 
 async def exchange_many(

@@ -52,7 +52,7 @@ class CredentialIssuer:
         self._queue: list[_Waiting] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Sizes of the batches decided so far (for tests and benchmarks).
+        #: Batches decided so far, and the requests in them (for tests and benchmarks).
         self.batches = 0
         self.decided = 0
 

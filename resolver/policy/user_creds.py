@@ -203,7 +203,9 @@ _KEY_STATE_WORKLOAD = _key_state(
 )
 
 
-def _refuse_key(*, revoked: bool, taken: bool) -> None:
+def refuse_public_key(*, revoked: bool, taken: bool) -> None:
+    """``ConflictError`` for a caller's public key revoked in the account or issued there
+    to someone else (see ``check_public_key``)."""
     if revoked:
         raise ConflictError("that public key was revoked in this account: make a new key")
     if taken:
@@ -225,7 +227,7 @@ async def check_public_key(
     statement = _KEY_STATE_PERSON if user_id is not None else _KEY_STATE_WORKLOAD
     params = {"account_id": account_id, "public_key": public_key, "user_id": user_id, "name": name}
     revoked, taken = (await session.execute(statement, params)).one()
-    _refuse_key(revoked=bool(revoked), taken=bool(taken))
+    refuse_public_key(revoked=bool(revoked), taken=bool(taken))
 
 
 @dataclass(frozen=True)

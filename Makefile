@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Test workers: one per core, at most 4 (each starts its own PostgreSQL cluster). Tests of
+# one module stay on one worker, so a module's shared stack is started once.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+XDIST := -n $(TEST_WORKERS) --dist loadscope
 
 .PHONY: run test install postgres lint format e2e bench clean
 
@@ -30,7 +34,7 @@ postgres:
 
 ## make test: install everything the tests need, lint, then the whole suite (e2e included)
 test: install postgres lint
-	$(BIN)/pytest -ra $(PYTEST_ARGS)
+	$(BIN)/pytest -ra $(XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -42,7 +46,7 @@ format: install
 
 ## only the slow end-to-end tests (real nats-server processes)
 e2e: install postgres
-	$(BIN)/pytest -ra -m e2e $(PYTEST_ARGS)
+	$(BIN)/pytest -ra -m e2e $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

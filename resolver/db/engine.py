@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from sqlalchemy import event
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import (
 from resolver.db.sqlite_driver import BUSY_TIMEOUT_MS, one_trip_dbapi
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wal_autocheckpoint: bool) -> None:
     # SQLite ignores foreign keys unless asked per connection, and WAL lets readers (the
     # nats-server fetching JWTs) run while a SCIM write is in progress.
     cursor = dbapi_connection.cursor()
@@ -23,11 +24,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if not wal_autocheckpoint:
+        cursor.execute("PRAGMA wal_autocheckpoint=0")  # resolver.db.checkpoint does it
     cursor.close()
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """An engine for ``url`` with the per-backend settings this service relies on."""
+def create_engine(url: str, *, echo: bool = False, wal_autocheckpoint: bool = True) -> AsyncEngine:
+    """An engine for ``url`` with the per-backend settings this service relies on.
+
+    ``wal_autocheckpoint=False`` (SQLite): commits never checkpoint; the caller runs a
+    ``resolver.db.checkpoint.WalCheckpointer`` instead (the serving app does).
+    """
     kwargs: dict[str, Any] = {"echo": echo}
     if url.startswith("postgresql"):
         kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -39,7 +46,8 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         kwargs["connect_args"] = {"check_same_thread": False}
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        pragmas = partial(_sqlite_pragmas, wal_autocheckpoint=wal_autocheckpoint)
+        event.listen(engine.sync_engine, "connect", pragmas)
     return engine
 
 

@@ -131,6 +131,9 @@ class AuthRequest:
     account: str | None
     token: str | None = field(repr=False)
     expires_at: int | None
+    #: Seconds the server waits for the answer (its request's exp - iat, both from the
+    #: server's clock, so no skew between the clocks matters); None if it did not say.
+    answer_within: int | None = None
 
     def audit_details(self) -> dict[str, Any]:
         """Who connected from where, for the audit log (never the token)."""
@@ -186,6 +189,9 @@ class CalloutResponder:
         expires_at = decoded.exp
         if expires_at is not None and when > expires_at + CLOCK_SKEW_SECONDS:
             raise CalloutRequestError("the request expired")
+        answer_within = None
+        if expires_at is not None and decoded.iat and expires_at > decoded.iat:
+            answer_within = expires_at - decoded.iat
         client = _object(nats.get("client_info"))
         connect = _object(nats.get("connect_opts"))
         token = _text(connect.get("auth_token")) or _text(connect.get("pass"))
@@ -200,6 +206,7 @@ class CalloutResponder:
             account=_text(connect.get("user")) if connect.get("pass") else None,
             token=token,
             expires_at=expires_at,
+            answer_within=answer_within,
         )
 
     def allow(self, request: AuthRequest, user_jwt: str, *, now: int | None = None) -> bytes:

@@ -65,6 +65,10 @@ OVERLOADED = "the auth callout service is overloaded; try again"
 SHED_REPORT_SECONDS = 10.0
 
 
+class _TooLate(Exception):
+    """The server's auth timeout passed before the request was decided."""
+
+
 class CalloutService:
     """Answers nats-server's authorization requests until stopped."""
 
@@ -176,7 +180,12 @@ class CalloutService:
             self._count_shed()
             return responder.refuse(request, OVERLOADED)
         try:
-            issued = await self._decide(request)
+            issued = await self._decide_in_time(request, waited)
+        except _TooLate:
+            # The server has given up on this client (and refused it): no decision to
+            # audit. Had it not reached the issuer's transaction yet, nothing was issued.
+            self._count_shed()
+            return responder.refuse(request, OVERLOADED)
         except CalloutRefusedError as refusal:
             await self._audit_refusal(request, refusal)
             log.info(
@@ -202,6 +211,21 @@ class CalloutService:
                     await wait_pushed(self._app, issued.account_public_key, issued.account_jti)
         return responder.allow(request, issued.jwt)
 
+    async def _decide_in_time(self, request: AuthRequest, waited: float) -> IssuedCredentials:
+        """``_decide``, given up once the server no longer waits for the answer: a request
+        that queued behind a slow batch must not get a key issued and audited for a client
+        the server already turned away."""
+        if request.answer_within is None:
+            return await self._decide(request)
+        deadline = asyncio.timeout(request.answer_within - waited)
+        try:
+            async with deadline:
+                return await self._decide(request)
+        except TimeoutError:
+            if deadline.expired():
+                raise _TooLate from None
+            raise  # a timeout of something inside: an error like any other
+
     async def _decide(self, request: AuthRequest) -> IssuedCredentials:
         app = self._app
         verifier: IdentityVerifier = app[IDENTITY_VERIFIER]
@@ -215,7 +239,8 @@ class CalloutService:
         now = time.monotonic()
         if now - self._shed_reported >= SHED_REPORT_SECONDS:
             log.warning(
-                "auth callout overloaded: refused %d request(s) that waited over %.1f s",
+                "auth callout overloaded: refused %d request(s) that waited over %.1f s "
+                "or could not be decided before the server's auth timeout",
                 self._shed,
                 SHED_AFTER_SECONDS,
             )

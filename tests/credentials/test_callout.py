@@ -8,6 +8,7 @@ answers are read back the way the server reads them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.accounts.service import create_account
@@ -72,6 +73,7 @@ class FakeServer:
         user_nkey: str | None = None,
         connect: dict[str, Any] | None = None,
         exp: int | None = None,
+        iat: int | None = None,
         signer: bytes | None = None,
         server_xkey: str | None = None,
         audience: str = "nats-authorization-request",
@@ -97,7 +99,7 @@ class FakeServer:
                 "type": "authorization_request",
             },
         }
-        return encode(claims, signer or self.seed), user
+        return encode(claims, signer or self.seed, iat=iat), user
 
     def sealed(self, request: str, keys: CalloutKeys) -> tuple[bytes, dict[str, str]]:
         """The request as the server sends it when the auth account has an xkey."""
@@ -382,6 +384,52 @@ async def test_a_request_that_queued_too_long_is_refused_without_a_decision(
     on_time = await service.answer(*sealed, waited=SHED_AFTER_SECONDS / 2)
     assert on_time is not None and "jwt" in server.read_answer(on_time, keys)[0].nats
     assert await issued_count(sessions) == 1
+
+
+async def test_a_request_still_undecided_at_the_servers_timeout_gets_nothing_issued(
+    service: CalloutService,
+    sessions: Sessions,
+    keys: CalloutKeys,
+    world: World,
+    idp: IdpStandIn,
+) -> None:
+    server = FakeServer()
+    first, first_nkey = server.request_jwt(
+        keys.account_public_key,
+        connect={"user": "ORDERS", "pass": idp.token("00u-olga", email="olga@example.com")},
+    )
+    now = int(time.time())
+    # The server waits 1 s for this answer (exp - iat), half of it already spent queueing.
+    late, _ = server.request_jwt(
+        keys.account_public_key,
+        connect={"auth_token": idp.token("00u-alice", email="alice@example.com")},
+        iat=now,
+        exp=now + 1,
+    )
+    async with sessions() as blocker, blocker.begin():
+        # Another writer holds ORDERS (on SQLite: the write lock) for 1.2 s: the first
+        # request's batch waits for it, and the second queues behind that batch.
+        await blocker.execute(
+            update(Account).where(Account.name == "ORDERS").values(name=Account.name)
+        )
+        first_answer = asyncio.create_task(service.answer(*server.sealed(first, keys)))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        async with asyncio.timeout(5):  # not for ever if the late request waits for ORDERS
+            late_answer = await service.answer(*server.sealed(late, keys), waited=0.5)
+        gave_up_after = time.monotonic() - started
+        await asyncio.sleep(1.0)
+    assert late_answer is not None
+    response, _ = server.read_answer(late_answer, keys)
+    assert response.nats["error"] == OVERLOADED and "jwt" not in response.nats
+    assert 0.4 < gave_up_after < 1.0
+    # The first one is decided once the writer commits; the late one is never decided.
+    answered = await first_answer
+    assert answered is not None and "jwt" in server.read_answer(answered, keys)[0].nats
+    async with sessions() as session:
+        issued = set(await session.scalars(select(IssuedUserKey.public_key)))
+    assert issued == {first_nkey}
+    assert await audit(sessions, "credentials.refuse") == []
 
 
 async def test_a_policy_file_neither_prunes_nor_declares_the_auth_account(

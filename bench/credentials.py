@@ -14,6 +14,10 @@ on the other core) spends its time sending.
 - open loop at ``--rate`` per second for ``--seconds``: every request starts on schedule
   whether or not the previous ones finished; latency is measured from that start;
 - reference, same run, same rate: ``GET /healthz`` on the same service (the HTTP floor);
+- reference, same run, same rate, same core: bench/exchange_floor.py, the least work an
+  exchange can do (check the token, sign, two inserts and a commit, nothing else): what this
+  machine allows at best, so the service's p99 is read as a ratio to it; and the same with
+  the two inserts through an SQLAlchemy session (what the database layer alone costs);
 - auth callout: ``nats.connect(token=...)`` at ``--rate`` per second, timed from the start
   of the connect to its return (the server answered +OK after the callout's reply), each
   connection closed after; reference: the same connects with a creds file (no callout);
@@ -40,10 +44,13 @@ from aiohttp import ClientSession
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resolver.natsjwt import new_keypair
-from tests.support.idp import running_idp
+from tests.support.idp import AUDIENCE, running_idp
+from tests.support.ports import free_port, wait_for_port
+from tests.support.processes import Process
 from tests.support.stack import Api, Stack
 
 USERS = 50
+FLOOR = str(Path(__file__).resolve().parent / "exchange_floor.py")
 
 
 def python_loop_seconds() -> float:
@@ -226,6 +233,20 @@ async def run(
         )
     )
 
+    rest = keys[next(used) :]
+    for variant, through_sqlalchemy in (("", False), (", through SQLAlchemy", True)):
+        floor, floor_errors, floor_cpu = await exchange_floor(
+            args, idp, tmp, tokens, rest, sqlalchemy=through_sqlalchemy
+        )
+        rows.append(
+            (
+                f"reference: bare exchange{variant} at {args.rate:.0f}/s",
+                f"{pct(floor, 0.5):.1f} / {pct(floor, 0.99):.1f} / {max(floor):.1f} ms",
+                f"p99 ratio {pct(lat, 0.99) / pct(floor, 0.99):.1f}x; errors {floor_errors}; "
+                f"{floor_cpu}",
+            )
+        )
+
     async def quiet(_exc: Exception) -> None:
         pass  # a refused connect is counted, not printed
 
@@ -282,6 +303,46 @@ async def run(
     )
     await api.close_clients()
     return rows
+
+
+async def exchange_floor(
+    args: argparse.Namespace,
+    idp: Any,
+    tmp: Path,
+    tokens: list[str],
+    keys: list[str],
+    *,
+    sqlalchemy: bool,
+) -> tuple[list[float], int, str]:
+    """Latencies, errors and CPU per request of bench/exchange_floor.py at ``args.rate``,
+    on the service's core (the service is idle meanwhile)."""
+    name = "floor-sqlalchemy" if sqlalchemy else "floor"
+    pem = tmp / "idp.pem"
+    pem.write_bytes(idp.key("RS256").public_pem())
+    port = free_port()
+    database = str(tmp / f"{name}.db")
+    command = [sys.executable, FLOOR, str(port), str(pem), idp.issuer, AUDIENCE, database, "0"]
+    floor = Process(command + (["sqlalchemy"] if sqlalchemy else []), tmp / f"{name}.log")
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/v1/credentials"
+        keys_left = iter(keys)
+        async with ClientSession() as http:
+
+            async def exchange(i: int) -> bool:
+                body = {"public_key": next(keys_left)}
+                headers = {"Authorization": f"Bearer {tokens[i % USERS]}"}
+                async with http.post(url, json=body, headers=headers) as response:
+                    await response.read()
+                    return response.status == 201
+
+            for i in range(50):
+                assert await exchange(i), floor.output()
+            cpu = ServiceCPU(floor.proc.pid)
+            lat, errors = await open_loop(args.rate, args.seconds, exchange)
+            return lat, errors, cpu.per_request(len(lat)).replace("service", "its")
+    finally:
+        floor.stop()
 
 
 def parse_args() -> argparse.Namespace:

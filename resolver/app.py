@@ -9,17 +9,9 @@ from aiohttp import web
 
 from resolver import admin, credentials, health, jobs, policy, push, scim
 from resolver.accounts import views as account_views
-from resolver.appkeys import (
-    ENGINE,
-    SCHEMA_HEAD,
-    SEALER,
-    SESSIONMAKER,
-    SETTINGS,
-    WAL_CHECKPOINTER,
-)
+from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
 from resolver.config import Settings
 from resolver.credentials.callout_ctx import setup_callout
-from resolver.db.checkpoint import WalCheckpointer
 from resolver.db.engine import create_engine, create_sessionmaker
 from resolver.db.migrate import head_revision
 from resolver.http.handling import add_fallback, check_all_handled
@@ -28,17 +20,14 @@ from resolver.sealing import Sealer, load_master_key
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     if ENGINE not in app:
-        # Commits on the event loop must not checkpoint (see resolver.db.checkpoint).
+        # Commits on the event loop must not checkpoint: a job does (jobs/wal_checkpoint.py).
         app[ENGINE] = create_engine(
             app[SETTINGS].database_url,
             echo=app[SETTINGS].database.echo,
             wal_autocheckpoint=False,
         )
     app[SESSIONMAKER] = create_sessionmaker(app[ENGINE])
-    app[WAL_CHECKPOINTER] = WalCheckpointer(app[ENGINE])
-    app[WAL_CHECKPOINTER].start()
     yield
-    await app[WAL_CHECKPOINTER].stop()
     await app[ENGINE].dispose()
 
 

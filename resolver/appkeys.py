@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from resolver.accounts.cache import AccountJWTCache
 from resolver.config import Settings
 from resolver.credentials.identity import IdentityVerifier
-from resolver.db.checkpoint import WalCheckpointer
 from resolver.push.wake import PushWaker
 from resolver.scim.events import EventHooks
 from resolver.sealing import Sealer
@@ -22,8 +21,6 @@ SETTINGS = web.AppKey("settings", Settings)
 SEALER = web.AppKey("sealer", Sealer)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
-#: Checkpoints the SQLite log off the event loop (a no-op on PostgreSQL).
-WAL_CHECKPOINTER = web.AppKey("wal_checkpointer", WalCheckpointer)
 #: Alembic head this code expects; /readyz compares it with the database.
 SCHEMA_HEAD = web.AppKey("schema_head", str)
 #: Wakes the pusher after a commit that wrote outbox rows (a no-op when NATS is disabled).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from resolver.jobs import bindings, prune, resign, scheduler
+from resolver.jobs import bindings, prune, resign, scheduler, wal_checkpoint
 
 
 def setup(app: web.Application) -> None:
@@ -12,3 +12,4 @@ def setup(app: web.Application) -> None:
     resign.setup(app)
     bindings.setup(app)
     prune.setup(app)
+    wal_checkpoint.setup(app)

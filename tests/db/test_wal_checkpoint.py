@@ -1,4 +1,4 @@
-"""WAL checkpoints: never inside a commit of the serving engine, always by the checkpointer."""
+"""WAL checkpoints: never inside a commit of the serving engine, always by the job."""
 
 from __future__ import annotations
 
@@ -12,20 +12,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resolver.app import create_app
-from resolver.appkeys import ENGINE, WAL_CHECKPOINTER
+from resolver.appkeys import ENGINE
 from resolver.config import Settings
 from resolver.db import sqlite_driver
-from resolver.db.checkpoint import WalCheckpointer, checkpoint_wal
+from resolver.db.checkpoint import checkpoint_wal
 from resolver.db.engine import create_engine
+from resolver.jobs.scheduler import JOBS
+from resolver.jobs.wal_checkpoint import EVERY_SECONDS
 from tests.push.conftest import wait_for
 
 #: Written in commits of 64 KiB: 2,000 pages of 4 KiB, twice SQLite's auto-checkpoint mark.
 BYTES = 8 * 1024 * 1024
 CHUNK = 64 * 1024
-
-
-async def _now(value: Any) -> Any:
-    return value
 
 
 async def write_on_the_loop(engine: AsyncEngine) -> None:
@@ -52,9 +50,8 @@ async def test_the_serving_engine_leaves_the_log_to_the_checkpointer(
         done = await checkpoint_wal(engine)
     finally:
         await engine.dispose()
-    assert done is not None and done.busy == 0
-    # Everything is in the database file now, whoever copied it.
-    assert done.checkpointed_frames == done.log_frames
+    assert done is not None
+    assert done.is_complete  # everything is in the database file now, whoever copied it
     if autocheckpoint:
         # SQLite's own: the commits checkpointed (and restarted the log) on the way.
         assert done.log_frames < 1_100
@@ -63,45 +60,29 @@ async def test_the_serving_engine_leaves_the_log_to_the_checkpointer(
         assert done.log_frames > BYTES // 4096
 
 
-async def test_the_app_checkpoints_the_log_in_the_background(
+async def test_the_app_checkpoints_the_log_in_a_job(
     settings: Settings, engine: AsyncEngine, aiohttp_client: Any
 ) -> None:
+    app = create_app(settings)
+    jobs = {spec.name for spec in app[JOBS]}
     if engine.dialect.name != "sqlite":
-        # PostgreSQL has no such log to copy: the checkpointer does not run.
-        client = await aiohttp_client(create_app(settings))
-        checkpointer = client.app[WAL_CHECKPOINTER]
-        await asyncio.sleep(checkpointer.interval * 1.5)
-        assert checkpointer.last is None and checkpointer.failures == 0
+        assert "wal_checkpoint" not in jobs  # PostgreSQL has no such log to copy
         return
-    client = await aiohttp_client(create_app(settings))
+    assert "wal_checkpoint" in jobs
+    client = await aiohttp_client(app)
     app_engine = client.app[ENGINE]
     async with app_engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
     database = Path(app_engine.url.database or "")
-    before = await asyncio.to_thread(lambda: database.stat().st_size)
 
+    def size() -> int:
+        return database.stat().st_size
+
+    before = await asyncio.to_thread(size)
     await write_on_the_loop(app_engine)
-    checkpointer: WalCheckpointer = client.app[WAL_CHECKPOINTER]
 
     async def copied() -> bool:
-        # The file grows while a checkpoint copies: wait for the run that copied it all.
-        last = checkpointer.last
-        size = await asyncio.to_thread(lambda: database.stat().st_size)
-        return size >= before + BYTES and last is not None and last.is_complete
+        # Only a checkpoint writes the log's pages into the file; the last page comes last.
+        return await asyncio.to_thread(size) >= before + BYTES
 
-    await wait_for(copied, within=10 * checkpointer.interval, what="a checkpoint of the log")
-    assert checkpointer.failures == 0
-
-
-async def test_a_failed_checkpoint_is_counted_and_tried_again(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'wal.db'}")
-    checkpointer = WalCheckpointer(engine, interval=0.01)
-    checkpointer.start()
-    try:
-        # The directory does not exist: every run fails, none stops the checkpointer.
-        await wait_for(lambda: _now(checkpointer.failures >= 3), within=10, what="failures")
-        await asyncio.to_thread((tmp_path / "gone").mkdir)
-        await wait_for(lambda: _now(checkpointer.last), within=10, what="a checkpoint")
-    finally:
-        await checkpointer.stop()
-        await engine.dispose()
+    await wait_for(copied, within=10 * EVERY_SECONDS, what="a checkpoint of the log")

@@ -1,0 +1,32 @@
+"""Job (SQLite only): copy the write-ahead log into the database file, off the event loop.
+
+The serving engine never checkpoints inside a commit (resolver.db.checkpoint says why);
+this does it instead, once a second. PASSIVE: it never waits for a reader or a writer, and
+what it cannot copy now it copies next time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from resolver.appkeys import ENGINE, SETTINGS
+from resolver.db.checkpoint import checkpoint_wal
+from resolver.jobs.scheduler import add_job
+
+log = logging.getLogger(__name__)
+
+#: At a few hundred commits a second, the log stays at a few MB between two runs.
+EVERY_SECONDS = 1.0
+
+
+async def run(app: web.Application) -> None:
+    done = await checkpoint_wal(app[ENGINE])
+    if done is not None and done.busy:
+        log.debug("WAL checkpoint found the database busy; next time")
+
+
+def setup(app: web.Application) -> None:
+    if app[SETTINGS].database_url.startswith("sqlite"):
+        add_job(app, "wal_checkpoint", run, every_seconds=EVERY_SECONDS, first_run_after=1.0)

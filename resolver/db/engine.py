@@ -25,15 +25,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wal_autocheckpoint: 
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if not wal_autocheckpoint:
-        cursor.execute("PRAGMA wal_autocheckpoint=0")  # resolver.db.checkpoint does it
+        cursor.execute("PRAGMA wal_autocheckpoint=0")  # see resolver.db.checkpoint
     cursor.close()
 
 
 def create_engine(url: str, *, echo: bool = False, wal_autocheckpoint: bool = True) -> AsyncEngine:
     """An engine for ``url`` with the per-backend settings this service relies on.
 
-    ``wal_autocheckpoint=False`` (SQLite): commits never checkpoint; the caller runs a
-    ``resolver.db.checkpoint.WalCheckpointer`` instead (the serving app does).
+    ``wal_autocheckpoint=False`` (SQLite): commits never checkpoint; the caller must
+    (the serving app does, in the job of resolver/jobs/wal_checkpoint.py).
     """
     kwargs: dict[str, Any] = {"echo": echo}
     if url.startswith("postgresql"):

@@ -55,3 +55,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     # aiohttp's access log repeats what our handling logs, without the request id.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # APScheduler says "Running job" and "executed successfully" at INFO for every run: two
+    # lines a second with the WAL checkpoint job. Each job logs what it did itself, and a
+    # failed run is logged by resolver.jobs.scheduler.
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)

@@ -86,6 +86,20 @@ async def test_unexpected_error_is_a_bare_500(client: TestClient) -> None:
     }
 
 
+def test_the_scheduler_does_not_log_every_job_run() -> None:
+    root, quieted = logging.getLogger(), logging.getLogger("apscheduler.executors")
+    executors = logging.getLogger("apscheduler.executors.default")
+    saved = (root.handlers[:], root.level, quieted.level)
+    try:
+        configure_logging("INFO", "text")
+        assert logging.getLogger("resolver.jobs.prune").isEnabledFor(logging.INFO)
+        assert not executors.isEnabledFor(logging.INFO)  # "Running job ..." every second
+        assert executors.isEnabledFor(logging.WARNING)  # missed runs still show
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        quieted.setLevel(saved[2])
+
+
 async def test_every_log_line_carries_the_request_id(
     client: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:

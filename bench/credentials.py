@@ -34,7 +34,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +77,31 @@ class ServiceCPU:
     """The service's CPU per request over a phase: what a request costs it, whatever the
     machine's speed does to latencies."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, whose: str = "service") -> None:
         self.pid = pid
+        self.whose = whose
         self.start = cpu_seconds(pid)
 
     def per_request(self, requests: float) -> str:
         end = cpu_seconds(self.pid)
         if end is None or self.start is None or not requests:
             return ""
-        return f"service CPU {(end - self.start) * 1000 / requests:.2f} ms/request"
+        return f"{self.whose} CPU {(end - self.start) * 1000 / requests:.2f} ms/request"
+
+
+def exchange_call(
+    http: ClientSession, url: str, tokens: list[str], keys: Iterator[str]
+) -> Callable[[int], Awaitable[bool]]:
+    """One token exchange at ``url`` per call: user i's token, the next unused key."""
+
+    async def exchange(i: int) -> bool:
+        body = {"public_key": next(keys)}
+        headers = {"Authorization": f"Bearer {tokens[i % USERS]}"}
+        async with http.post(url, json=body, headers=headers) as response:
+            await response.read()
+            return response.status == 201
+
+    return exchange
 
 
 def pct(values: list[float], q: float) -> float:
@@ -175,15 +191,8 @@ async def run(
     tokens = [idp.token(f"s{i}", email=f"p{i}@example.com", ttl=3600) for i in range(USERS)]
     print(f"making {total:,} user keys...", file=sys.stderr)
     keys = [new_keypair("user")[0] for _ in range(total)]
-    url = stack.base_url + "/v1/credentials"
-    used = iter(range(total))
-
-    async def exchange(i: int) -> bool:
-        body = {"public_key": keys[next(used)]}
-        headers = {"Authorization": f"Bearer {tokens[i % USERS]}"}
-        async with http.post(url, json=body, headers=headers) as response:
-            await response.read()
-            return response.status == 201
+    unused = iter(keys)
+    exchange = exchange_call(http, stack.base_url + "/v1/credentials", tokens, unused)
 
     async def healthz(_i: int) -> bool:
         async with http.get(stack.base_url + "/healthz") as response:
@@ -233,7 +242,7 @@ async def run(
         )
     )
 
-    rest = keys[next(used) :]
+    rest = list(unused)
     for variant, through_sqlalchemy in (("", False), (", through SQLAlchemy", True)):
         floor, floor_errors, floor_cpu = await exchange_floor(
             args, idp, tmp, tokens, rest, sqlalchemy=through_sqlalchemy
@@ -326,21 +335,13 @@ async def exchange_floor(
     try:
         wait_for_port(port)
         url = f"http://127.0.0.1:{port}/v1/credentials"
-        keys_left = iter(keys)
         async with ClientSession() as http:
-
-            async def exchange(i: int) -> bool:
-                body = {"public_key": next(keys_left)}
-                headers = {"Authorization": f"Bearer {tokens[i % USERS]}"}
-                async with http.post(url, json=body, headers=headers) as response:
-                    await response.read()
-                    return response.status == 201
-
+            exchange = exchange_call(http, url, tokens, iter(keys))
             for i in range(50):
                 assert await exchange(i), floor.output()
-            cpu = ServiceCPU(floor.proc.pid)
+            cpu = ServiceCPU(floor.proc.pid, whose="its")
             lat, errors = await open_loop(args.rate, args.seconds, exchange)
-            return lat, errors, cpu.per_request(len(lat)).replace("service", "its")
+            return lat, errors, cpu.per_request(len(lat))
     finally:
         floor.stop()
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from resolver.accounts.changes import note_jwt_changed
@@ -33,6 +33,7 @@ from resolver.accounts.specs import validate_spec
 from resolver.audit.service import Actor, record
 from resolver.config import Settings
 from resolver.db.models import Account, IssuedUserKey, Operator, Revocation, utcnow
+from resolver.db.statements import Statements
 from resolver.errors import ConflictError, NotFoundError, ValidationError
 from resolver.natsjwt import (
     JWTError,
@@ -371,16 +372,16 @@ _INSERT_ISSUED_IDS = insert(IssuedUserKey).returning(IssuedUserKey.id, sort_by_p
 
 
 async def record_issued_keys(
-    conn: AsyncConnection, rows: list[dict[str, Any]], *, ids: bool = False
+    db: Statements, rows: list[dict[str, Any]], *, ids: bool = False
 ) -> list[int]:
-    """Insert ``issued_key_row``s now, in one statement (an executemany; on a connection,
-    not the session, whose ORM bulk insert costs more than the statement); with ``ids``,
-    their ids, in order (else [])."""
+    """Insert ``issued_key_row``s now, in one statement (an executemany, not the session's
+    ORM bulk insert, which costs more than the statement); with ``ids``, their ids, in
+    order (else [])."""
     if not rows:
         return []
     if ids:
-        return list(await conn.scalars(_INSERT_ISSUED_IDS, rows))
-    await conn.execute(_INSERT_ISSUED, rows)
+        return await db.inserted_ids(_INSERT_ISSUED_IDS, rows)
+    await db.execute_many(_INSERT_ISSUED, rows)
     return []
 
 

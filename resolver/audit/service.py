@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.db.models import AuditEntry
+from resolver.db.models import AuditEntry, utcnow
+from resolver.db.statements import Statements
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,16 @@ _INSERT = insert(AuditEntry)
 
 
 async def record_all(
-    conn: AsyncConnection,
+    db: Statements,
     entries: Iterable[tuple[Actor, str, str | None, dict[str, Any]]],
 ) -> None:
     """``record`` for many rows at once, (actor, action, target, details) each, written
-    now in one statement on the session's connection (``await session.connection()``)
-    rather than as objects the session flushes one by one."""
+    now in one statement (``resolver.db.statements`` on the session's connection) rather
+    than as objects the session flushes one by one."""
+    at = utcnow()  # given, not the column default: resolver.db.statements applies none
     rows = [
         {
+            "at": at,
             "actor": actor.name,
             "action": action,
             "target": target,
@@ -67,4 +70,4 @@ async def record_all(
         for actor, action, target, details in entries
     ]
     if rows:
-        await conn.execute(_INSERT, rows)
+        await db.execute_many(_INSERT, rows)

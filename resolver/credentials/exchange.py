@@ -19,7 +19,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Select,
@@ -58,7 +58,7 @@ from resolver.db.models import (
     Role,
     User,
 )
-from resolver.db.sqlite_driver import data_version
+from resolver.db.statements import Statements
 from resolver.errors import (
     AuthenticationError,
     ConflictError,
@@ -125,6 +125,18 @@ class Ask:
 
 #: What ``exchange_many`` gives for each ask: the credentials, or why they were refused.
 Outcome = IssuedCredentials | ResolverError
+
+
+class Batch(Protocol):
+    """The transaction a batch is decided in (resolver.credentials.issuer makes it)."""
+
+    #: The hot path's statements (every batch runs them).
+    statements: Statements
+
+    async def session(self) -> AsyncSession:
+        """An ORM session in the same transaction, for the rare paths (a role set's first
+        issue, a role not read with the grants, a re-read under the lock)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -282,7 +294,7 @@ def _claim_grant(identity: Identity, row: Any) -> Grant | None:
 
 
 async def _identities_grants(
-    conn: AsyncConnection, identities: list[Identity], now: datetime
+    db: Statements, identities: list[Identity], now: datetime
 ) -> list[tuple[Person | None, list[Grant]] | ResolverError]:
     """For each identity: the SCIM user it names (None: a workload, or never provisioned),
     the grants their groups give them (none when inactive) and the grants of claim bindings
@@ -299,7 +311,7 @@ async def _identities_grants(
     else:
         params: dict[str, Any] = {"now": now, "names": names}
         params |= {f"values_{a}": sorted(v) for a, v in values.items()}
-        rows = list(await conn.execute(_grants_statement(attributes, bool(names)), params))
+        rows = await db.rows(_grants_statement(attributes, bool(names)), params)
     person_rows: dict[tuple[str, str], list[Any]] = {}
     claim_rows = []
     for row in rows:
@@ -400,7 +412,7 @@ def _role_set(
 
 
 async def _plan(
-    session: AsyncSession,
+    batch: Batch,
     settings: Settings,
     ask: Ask,
     person: Person | None,
@@ -432,7 +444,7 @@ async def _plan(
     account_id = {g.account_name: g.account_id for g in grants}.get(wanted_account)
     if account_id is None and is_public_key(wanted_account, "account"):
         try:
-            account_id = (await get_account(session, wanted_account)).id
+            account_id = (await get_account(await batch.session(), wanted_account)).id
         except NotFoundError:
             pass
     # An unknown account gets the same answer as one they are not bound to: callers who
@@ -444,7 +456,7 @@ async def _plan(
     roles = (
         [parse_role(role, specs[role]) for role in role_names]
         if set(specs) == set(role_names)
-        else await load_roles(session, role_names)
+        else await load_roles(await batch.session(), role_names)
     )
     lifetime = min(
         settings.credentials.default_ttl_seconds
@@ -499,14 +511,13 @@ _LOCK = (
 
 
 async def _lock_accounts(
-    conn: AsyncConnection, plans: dict[int, _Plan], outcomes: dict[int, Outcome]
+    db: Statements, plans: dict[int, _Plan], outcomes: dict[int, Outcome]
 ) -> dict[int, _Locked]:
     """Lock every account the plans want (in id order, so two batches cannot deadlock);
     plans whose account is gone or not managed here are refused in ``outcomes``."""
     accounts: dict[int, _Locked] = {}
     for account_id in sorted({plan.account_id for plan in plans.values()}):
-        row = (await conn.execute(_LOCK, {"account_id": account_id})).one_or_none()
-        if row is not None:
+        for row in await db.rows(_LOCK, {"account_id": account_id}):
             accounts[account_id] = _Locked(*row[:4], managed_here=row[4] is not None)
     for index, plan in plans.items():
         account = accounts.get(plan.account_id)
@@ -521,7 +532,7 @@ async def _lock_accounts(
 
 
 async def _current_grants(
-    conn: AsyncConnection, plans: list[_Plan], now: datetime
+    conn: AsyncConnection, db: Statements, plans: list[_Plan], now: datetime
 ) -> list[list[Grant]]:
     """What grants each plan's roles now, read under the lock: a removal committing
     meanwhile either comes before this read (and the access is gone) or after (and finds
@@ -537,7 +548,7 @@ async def _current_grants(
     claim_rows: list[Any] = []
     if names:
         params = {"names": names, "now": now, "account_ids": account_ids}
-        claim_rows = list(await conn.execute(_CLAIM_GRANTS_IN_ACCOUNTS, params))
+        claim_rows = await db.rows(_CLAIM_GRANTS_IN_ACCOUNTS, params)
     current = []
     for plan in plans:
         grants: list[Grant] = []
@@ -640,7 +651,7 @@ class _KnownKeys:
     scoped: dict[tuple[int, str], _Key] = field(default_factory=dict)
 
 
-async def _read_keys(conn: AsyncConnection, plans: dict[int, _Plan]) -> _KnownKeys:
+async def _read_keys(db: Statements, plans: dict[int, _Plan]) -> _KnownKeys:
     params = {
         "account_ids": sorted({p.account_id for p in plans.values()}),
         "public_keys": sorted(
@@ -649,9 +660,7 @@ async def _read_keys(conn: AsyncConnection, plans: dict[int, _Plan]) -> _KnownKe
         "role_sets": sorted({role_set_name(p.roles) for p in plans.values()}),
     }
     known = _KnownKeys()
-    for kind, account_id, key, other, name, key_id, seed in await conn.execute(
-        _KEYS_UNDER_LOCK, params
-    ):
+    for kind, account_id, key, other, name, key_id, seed in await db.rows(_KEYS_UNDER_LOCK, params):
         if kind == "revoked":
             known.revoked.add((account_id, key))
         elif kind == "issued":
@@ -692,7 +701,7 @@ def _refuse_known_keys(
 
 
 async def exchange_many(
-    session: AsyncSession,
+    batch: Batch,
     sealer: Sealer,
     settings: Settings,
     asks: list[Ask],
@@ -707,7 +716,7 @@ async def exchange_many(
     they are is known, what they want is not theirs), ``AuthenticationError`` (the token
     ran out), ``ConflictError`` (a key that cannot be used) or ``ValidationError`` (a bad
     request) in the ask's place; nothing is written for a refused ask. The caller owns the
-    transaction.
+    transaction (``batch``).
     """
     when = int(time.time()) if now is None else now
     moment = datetime.now(UTC)
@@ -720,30 +729,32 @@ async def exchange_many(
     # Everything that can be read before the account lock is read here: on SQLite the lock
     # is the database's one write lock, so what happens under it decides the throughput.
     pending = [i for i in range(len(asks)) if i not in outcomes]
-    # Core on the session's connection: the ORM's per-statement work (more than the
-    # statement's own, on this path) buys nothing for rows that are read, not mapped.
-    conn = await session.connection()
-    version = await data_version(conn)  # before the read: a commit after it changes it
-    found = await _identities_grants(conn, [asks[i].identity for i in pending], moment)
+    # Core, not the ORM: the ORM's per-statement work (more than the statement's own, on
+    # this path) buys nothing for rows that are read, not mapped. On SQLite they skip
+    # SQLAlchemy's execution layer too (resolver.db.statements).
+    db = batch.statements
+    version = db.data_version()  # before the read: a commit after it changes it
+    found = await _identities_grants(db, [asks[i].identity for i in pending], moment)
     plans: dict[int, _Plan] = {}
     for index, grants in zip(pending, found, strict=True):
         try:
             if isinstance(grants, ResolverError):
                 raise grants
-            plans[index] = await _plan(session, settings, asks[index], *grants, when)
+            plans[index] = await _plan(batch, settings, asks[index], *grants, when)
         except ResolverError as exc:
             outcomes[index] = exc
     if not plans:
         return [outcomes[i] for i in range(len(asks))]
 
-    accounts = await _lock_accounts(conn, plans, outcomes)
+    accounts = await _lock_accounts(db, plans, outcomes)
     plans = {i: p for i, p in plans.items() if i not in outcomes}
-    if version is not None and version == await data_version(conn):
+    if version is not None and version == db.data_version():
         # SQLite, and no other connection committed since before the first read (the lock
         # now stops anyone from doing so): a re-read would read the same rows.
         current = [_as_reread(plan) for plan in plans.values()]
     else:
-        current = await _current_grants(conn, list(plans.values()), moment)
+        conn = await (await batch.session()).connection()
+        current = await _current_grants(conn, db, list(plans.values()), moment)
     used: dict[int, list[Grant]] = {}
     for (index, plan), grants in zip(plans.items(), current, strict=True):
         if not set(plan.role_names) <= {g.role for g in grants}:
@@ -754,17 +765,17 @@ async def exchange_many(
         else:
             used[index] = [g for g in grants if g.role in plan.role_names]
     plans = {i: p for i, p in plans.items() if i in used}
-    known = await _read_keys(conn, plans) if plans else _KnownKeys()
+    known = await _read_keys(db, plans) if plans else _KnownKeys()
     _refuse_known_keys(plans, outcomes, known)
     plans = {i: p for i, p in plans.items() if i not in outcomes}
     if plans:
-        keys = await _scoped_keys(session, sealer, settings, plans, accounts, known.scoped)
-        outcomes |= await _sign_and_record(conn, sealer, plans, used, accounts, keys, when)
+        keys = await _scoped_keys(batch, sealer, settings, plans, accounts, known.scoped)
+        outcomes |= await _sign_and_record(db, sealer, plans, used, accounts, keys, when)
     return [outcomes[i] for i in range(len(asks))]
 
 
 async def _scoped_keys(
-    session: AsyncSession,
+    batch: Batch,
     sealer: Sealer,
     settings: Settings,
     plans: dict[int, _Plan],
@@ -781,6 +792,7 @@ async def _scoped_keys(
     for where, plan in wanted.items():
         if where not in found:
             # The rare path (a role set's first issue in an account): the ORM's.
+            session = await batch.session()
             account = changed.get(plan.account_id) or await session.get_one(
                 Account, plan.account_id
             )
@@ -791,13 +803,13 @@ async def _scoped_keys(
             if created:
                 changed[account.id] = account
     for account in changed.values():
-        await resign_account(session, sealer, settings, account, force=True)
+        await resign_account(await batch.session(), sealer, settings, account, force=True)
         accounts[account.id].jti = account.jti  # what the answer says to wait for
     return found
 
 
 async def _sign_and_record(
-    conn: AsyncConnection,
+    db: Statements,
     sealer: Sealer,
     plans: dict[int, _Plan],
     used: dict[int, list[Grant]],
@@ -863,15 +875,15 @@ async def _sign_and_record(
             new_signing_key=created,
             user_public_key=row["public_key"],
         )
-    ids = await record_issued_keys(conn, rows, ids=any(claim_bindings))
+    ids = await record_issued_keys(db, rows, ids=any(claim_bindings))
     links = [
         {"issued_key_id": issued_id, "binding_id": binding}
         for issued_id, bindings in zip(ids, claim_bindings, strict=False)
         for binding in bindings
     ]
     if links:
-        await conn.execute(_INSERT_LINKS, links)
-    await record_all(conn, audit)
+        await db.execute_many(_INSERT_LINKS, links)
+    await record_all(db, audit)
     return done
 
 

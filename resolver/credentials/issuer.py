@@ -10,6 +10,14 @@ batch of one and waits for nothing.
 A refusal is decided per request and changes nothing for the others in its batch. If a
 batch fails as a whole (a database error), its requests are decided again one by one, so
 one request that trips something cannot fail the requests queued with it.
+
+On SQLite the issuer keeps one connection of the engine's pool for itself, and a batch
+that takes the common path runs without an ORM session: its statements go straight to
+sqlite3 (resolver.db.statements) and it commits there. A session (bound to that connection,
+in the same transaction) is made only when a rare path needs one. Measured in-process, a
+batch of one between idle gaps (as requests arrive at 200/s) took 4.0 ms of CPU with a
+session and 3.0-3.2 ms without: the session's set-up, begin, commit and close. Elsewhere
+(PostgreSQL) each batch takes a session from the pool as usual.
 """
 
 from __future__ import annotations
@@ -17,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from resolver.config import Settings
 from resolver.credentials.exchange import Ask, IssuedCredentials, Outcome, exchange_many
-from resolver.db.sqlite_driver import inline_statements
+from resolver.db.sqlite_driver import OneTripConnection, inline_statements, one_trip_connection
+from resolver.db.statements import SqliteStatements, Statements, statements_on
 from resolver.sealing import Sealer
 
 log = logging.getLogger("resolver.credentials")
@@ -52,6 +62,8 @@ class CredentialIssuer:
         self._queue: list[_Waiting] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: On SQLite, the connection kept for batches (made at the first batch).
+        self._held: _HeldConnection | None = None
         #: Batches decided so far, and the requests in them (for tests and benchmarks).
         self.batches = 0
         self.decided = 0
@@ -70,6 +82,9 @@ class CredentialIssuer:
         for _ask, future in self._queue:
             future.cancel()
         self._queue.clear()
+        if self._held is not None:
+            held, self._held = self._held, None
+            await held.close()
 
     async def issue(self, ask: Ask) -> IssuedCredentials:
         """The credentials ``ask`` gets, committed; raises its refusal (a ResolverError)."""
@@ -116,8 +131,84 @@ class CredentialIssuer:
         # The batch's statements are few, small and indexed: on SQLite, run them on this
         # thread rather than paying a thread hand-off for each (see inline_statements).
         with inline_statements():
+            held = self._held or await self._hold()
+            if held is not None:
+                return await held.decide(asks, self._sealer, self._settings)
             async with self._sessionmaker() as session, session.begin():
-                return await exchange_many(session, self._sealer, self._settings, asks)
+                batch = _SessionBatch(await statements_on(await session.connection()), session)
+                return await exchange_many(batch, self._sealer, self._settings, asks)
+
+    async def _hold(self) -> _HeldConnection | None:
+        """On SQLite, take the connection batches will use; None elsewhere."""
+        engine = self._sessionmaker.kw.get("bind")
+        if not isinstance(engine, AsyncEngine) or engine.dialect.name != "sqlite":
+            return None
+        conn = await engine.connect()
+        driver = await one_trip_connection(conn)
+        if driver is None:  # an SQLite engine not made by resolver.db.engine
+            await conn.close()
+            return None
+        self._held = _HeldConnection(conn, driver, self._sessionmaker)
+        return self._held
+
+
+@dataclass
+class _SessionBatch:
+    """A batch in a session's transaction (the caller begins and commits it)."""
+
+    statements: Statements
+    _session: AsyncSession
+
+    async def session(self) -> AsyncSession:
+        return self._session
+
+
+class _HeldConnection:
+    """The issuer's own SQLite connection, and the transaction of the batch on it.
+
+    The hot path's statements open and hold the transaction on the sqlite3 connection
+    itself, so that is where it is committed or rolled back (inline, within
+    ``inline_statements()``, releasing the process's writer turn). A rare path's session
+    is bound to the same connection: it joins that transaction, and its commit (which
+    flushes the ORM's changes first) commits everything.
+    """
+
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        driver: OneTripConnection,
+        sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        self._conn = conn
+        self._driver = driver
+        self.statements: Statements = SqliteStatements(driver, conn.dialect)
+        self._sessionmaker = sessionmaker
+        self._session: AsyncSession | None = None
+
+    async def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self._sessionmaker(bind=self._conn)
+        return self._session
+
+    async def decide(self, asks: list[Ask], sealer: Sealer, settings: Settings) -> list[Outcome]:
+        try:
+            outcomes = await exchange_many(self, sealer, settings, asks)
+            if self._session is not None:
+                await self._session.commit()
+            self._driver.commit()  # what the session did not commit; releases the writer
+            return outcomes
+        except BaseException:
+            if self._session is not None:
+                await self._session.rollback()
+            self._driver.rollback()
+            raise
+        finally:
+            if self._session is not None:
+                session, self._session = self._session, None
+                await session.close()
+
+    async def close(self) -> None:
+        await self._conn.close()
 
 
 def _settle(future: asyncio.Future[IssuedCredentials], outcome: Outcome | BaseException) -> None:

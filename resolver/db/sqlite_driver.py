@@ -157,27 +157,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
         adapt: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
-        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        raw = connection._conn
-        opens_write = not raw.in_transaction and _OPENS_WRITE.match(operation) is not None
-        if opens_write:
-            await adapt.take_writer()
-        try:
-            # No trip pending on this connection (each is awaited), so the thread is idle
-            # and the sqlite3 connection (check_same_thread=False) is ours.
-            if not _INLINE.get():
-                done = None
-            elif opens_write:
-                done = _run_unless_busy(raw, operation, parameters, many)
-            else:
-                done = _run(raw, operation, parameters, many)
-            if done is None:
-                async with adapt._execute_mutex:
-                    done = await connection._execute(_run, raw, operation, parameters, many)
-            self._done = done
-        finally:
-            if not raw.in_transaction:
-                adapt.release_writer()  # the write failed, or it did not open a transaction
+        self._done = await adapt.run(operation, parameters, many=many)
         self._rows = collections.deque(self._done[3])
 
     def nextset(self) -> None:
@@ -212,6 +192,39 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
                 raise sqlite3.OperationalError("database is locked") from None
             self._writer_held = True
 
+    async def run(
+        self, operation: str, parameters: Any = None, *, many: bool = False
+    ) -> tuple[Any, int, int | None, list[Any]]:
+        """Run one statement: (description, rowcount, lastrowid, rows). Inline on this
+        thread within ``inline_statements()``, else in one trip to aiosqlite's thread; a
+        write that opens a transaction first takes this process's writer turn."""
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        raw = connection._conn
+        opens_write = not raw.in_transaction and _OPENS_WRITE.match(operation) is not None
+        if opens_write:
+            await self.take_writer()
+        try:
+            # No trip pending on this connection (each is awaited), so the thread is idle
+            # and the sqlite3 connection (check_same_thread=False) is ours.
+            if not _INLINE.get():
+                done = None
+            elif opens_write:
+                done = _run_unless_busy(raw, operation, parameters, many)
+            else:
+                done = _run(raw, operation, parameters, many)
+            if done is None:
+                async with self._execute_mutex:
+                    done = await connection._execute(_run, raw, operation, parameters, many)
+            return done
+        finally:
+            if not raw.in_transaction:
+                self.release_writer()  # the write failed, or it did not open a transaction
+
+    def data_version(self) -> int:
+        """``PRAGMA data_version``, read straight from the sqlite3 connection (it waits for
+        nothing and takes microseconds), which is idle: every trip is awaited."""
+        return int(self._connection._conn.execute("PRAGMA data_version").fetchone()[0])
+
     def release_writer(self) -> None:
         if self._writer_held:
             self._writer_held = False
@@ -236,8 +249,15 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def rollback(self) -> None:
         try:
-            if self._connection._conn.in_transaction:
-                super().rollback()
+            raw = self._connection._conn
+            if raw.in_transaction:
+                if _INLINE.get():
+                    try:
+                        raw.rollback()  # waits for no one either
+                    except Exception as error:
+                        self._handle_exception(error)
+                else:
+                    super().rollback()
         finally:
             self.release_writer()
 
@@ -267,20 +287,14 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         return OneTripConnection(self, stock._connection)
 
 
-async def data_version(conn: AsyncConnection) -> int | None:
-    """SQLite's ``PRAGMA data_version`` on ``conn``: it changes whenever another connection
-    (in this process or not) commits. None on other databases.
-
-    Read straight from the sqlite3 connection (it waits for nothing and takes microseconds),
-    which is idle: every trip to its thread is awaited before the next statement.
-    """
+async def one_trip_connection(conn: AsyncConnection) -> OneTripConnection | None:
+    """The driver connection under ``conn`` if it is this module's; None on other
+    databases (and on SQLite engines not made by resolver.db.engine)."""
     if conn.dialect.name != "sqlite":
         return None
     fairy = await conn.get_raw_connection()
     adapted = fairy.dbapi_connection
-    if not isinstance(adapted, OneTripConnection):
-        return None
-    return int(adapted._connection._conn.execute("PRAGMA data_version").fetchone()[0])
+    return adapted if isinstance(adapted, OneTripConnection) else None
 
 
 def one_trip_dbapi() -> OneTripDBAPI:

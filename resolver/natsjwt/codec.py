@@ -55,6 +55,7 @@ KEY_RULES: Final[dict[str, tuple[frozenset[str], frozenset[str] | None]]] = {
 }
 
 _SEGMENT_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
+_SHA512_256: Final = hashlib.new("sha512_256")
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,9 @@ def compute_jti(claims: Mapping[str, Any]) -> str:
         for name in STANDARD_FIELDS
         if name != "jti" and _present(claims.get(name))
     }
-    digest = hashlib.new("sha512_256", go_json_dumps(data)).digest()
+    hasher = _SHA512_256.copy()  # cheaper than looking the algorithm up by name each time
+    hasher.update(go_json_dumps(data))
+    digest = hasher.digest()
     return base64.b32encode(digest).decode("ascii").rstrip("=")
 
 
@@ -201,15 +204,17 @@ def sign_payload(payload: bytes, signer_seed: bytes) -> str:
     to build deliberately odd tokens in tests.
     """
     _public, pair = signer_of(signer_seed)  # raises for a curve seed: it cannot sign
-    try:
-        # sort_headers=False keeps PyJWS's own {"typ", "alg"} insertion order, which is
-        # exactly the header nats-io/jwt writes.
-        token = NATS_JWS.encode(payload, pair, algorithm=ALGORITHM, sort_headers=False)
-    except InvalidKeyError as exc:
-        raise JWTKeyTypeError(str(exc)) from None
-    if not token.startswith(_HEADER_SEGMENT + "."):
-        raise RuntimeError("PyJWS no longer writes the NATS header bytes; build it here")
-    return token
+    # The compact serialization by hand, not PyJWS.encode: the header is a constant, and
+    # PyJWS's general path (header JSON, algorithm lookup, key preparation) cost as much as
+    # the Ed25519 signature itself on the credentials hot path. tests/natsjwt check the
+    # tokens against nsc's and against PyJWS with the registered algorithm.
+    signing_input = _HEADER_SEGMENT + "." + _b64encode(payload)
+    signature = bytes(pair.sign(signing_input.encode("ascii")))
+    return signing_input + "." + _b64encode(signature)
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _b64decode(segment: str, what: str) -> bytes:

@@ -20,6 +20,9 @@ _GO_ESCAPES: Final = {
     "\u2029": "\\u2029",
 }
 _TRANSLATION: Final = str.maketrans(_GO_ESCAPES)
+# Made once: ``json.dumps`` with these options builds an encoder per call, and every user
+# JWT is serialized twice (its jti hash, then the payload) on the credentials hot path.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _check_no_floats(value: Any) -> None:
@@ -44,14 +47,12 @@ def go_json_dumps(value: Any) -> bytes:
     strings, so replacing them in the serialized text is exact.
     """
     _check_no_floats(value)
-    text = json.dumps(
-        value,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
+    text = _ENCODER.encode(value)
+    if any(char in text for char in _GO_ESCAPES):
+        # Rare in claims, and translate() costs as much as the encoding: only if needed.
+        text = text.translate(_TRANSLATION)
     try:
-        return text.translate(_TRANSLATION).encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:
         # Lone surrogates: Go would have written U+FFFD; refuse rather than diverge.
         raise ValueError("claims contain a string that is not valid Unicode") from None

@@ -56,7 +56,10 @@ def normalize_kind(kind: str) -> str:
 
 
 def _crc16_bytes(data: bytes) -> bytes:
-    return nkeys.crc16(data).to_bytes(2, byteorder="little")
+    # nkeys' CRC16 is CRC-16/XMODEM, which binascii.crc_hqx computes in C; nkeys.crc16
+    # loops in Python, and every new user key a request brings is checked with it
+    # (tests/natsjwt check the two agree).
+    return binascii.crc_hqx(data, 0).to_bytes(2, byteorder="little")
 
 
 def _encode_public(prefix: int, raw: bytes) -> str:

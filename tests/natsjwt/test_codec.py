@@ -393,3 +393,19 @@ def test_operator_self_signed_round_trip(keys) -> None:
     assert decoded.type == "operator"
     assert decoded.issuer == decoded.subject == opk
     assert decoded.claims["nats"]["signing_keys"] == [spk]
+
+
+def test_tokens_signed_by_hand_are_the_ones_pyjws_makes() -> None:
+    # sign_payload writes the compact serialization itself (speed); Ed25519 is
+    # deterministic, so PyJWS with the registered algorithm must give the same bytes.
+    from resolver.natsjwt.algorithm import ALGORITHM, NATS_JWS
+    from resolver.natsjwt.codec import sign_payload
+    from resolver.natsjwt.keys import signing_keypair
+
+    _apk, aseed = new_keypair("account")
+    for payload in (b"{}", b'{"sub":"U","name":"\xc3\xa9"}', bytes(range(256))):
+        ours = sign_payload(payload, aseed)
+        pyjws = NATS_JWS.encode(
+            payload, signing_keypair(aseed), algorithm=ALGORITHM, sort_headers=False
+        )
+        assert ours == pyjws

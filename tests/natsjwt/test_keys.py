@@ -54,6 +54,16 @@ def test_signing_seeds_agree_with_nkeys(kind: str) -> None:
     assert nkeys.from_seed(seed).verify(b"hello", sig)
 
 
+def test_the_checksum_is_nkeys_own() -> None:
+    # keys.py computes it with binascii.crc_hqx (C) instead of nkeys.crc16 (Python).
+    import os
+
+    from resolver.natsjwt.keys import _crc16_bytes
+
+    for data in (b"", b"\x00", bytes(range(256)), *(os.urandom(33) for _ in range(200))):
+        assert _crc16_bytes(data) == nkeys.crc16(data).to_bytes(2, "little")
+
+
 def test_checksum_is_checked() -> None:
     public, _ = new_keypair("account")
     for i in (1, 30, 55):

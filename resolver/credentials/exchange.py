@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    func,
     insert,
     literal,
     null,
@@ -132,6 +133,8 @@ class Batch(Protocol):
 
     #: The hot path's statements (every batch runs them).
     statements: Statements
+    #: The read before the lock kept from earlier batches on this connection, or None.
+    memo: GrantsMemo | None
 
     async def session(self) -> AsyncSession:
         """An ORM session in the same transaction, for the rare paths (a role set's first
@@ -293,18 +296,73 @@ def _claim_grant(identity: Identity, row: Any) -> Grant | None:
     return Grant(account_id, account_name, role, binding_id, group, value, spec)
 
 
+@dataclass
+class GrantsMemo:
+    """The people's rows of the read before the lock, kept from batch to batch while the
+    database is as it was when they were read (SQLite; the issuer keeps one per connection).
+
+    ``PRAGMA data_version`` tells: it changes whenever another connection commits (a SCIM
+    change, a policy apply, another process), and the batch's own commits only add issued
+    keys and audit rows, which no grant depends on (a batch that takes a rare path, which
+    changes accounts, clears the memo). The one change no commit makes is time: a binding's
+    ``ends_at`` passing. So the memo also ends when the first running binding ends. The
+    re-read under the lock is unchanged: it is skipped only if nothing committed since.
+    """
+
+    #: ``data_version`` when the rows were read; None: nothing kept.
+    version: int | None = None
+    #: The earliest ``ends_at`` after the read of any binding (None: no binding ends).
+    until: datetime | None = None
+    #: (attribute, value as stored) → the rows of the users it names ([]: nobody).
+    people: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    #: A token claim's name → the rows of the claim bindings on it ([]: none).
+    claims: dict[str, list[Any]] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.version = None
+        self.people.clear()
+        self.claims.clear()
+
+    def holds(self, version: int, now: datetime) -> bool:
+        return (
+            self.version == version
+            and (self.until is None or now < self.until)
+            and len(self.people) + len(self.claims) < MEMO_MAX_ENTRIES
+        )
+
+
+#: People and claim names kept in a memo at most; past that it starts over (a bound on
+#: memory, not a cache policy: one entry per person who asked since the last change).
+MEMO_MAX_ENTRIES = 10_000
+
+_NEXT_END = select(func.min(Binding.ends_at)).where(Binding.ends_at > bindparam("now"))
+
+
 async def _identities_grants(
-    db: Statements, identities: list[Identity], now: datetime
+    db: Statements,
+    identities: list[Identity],
+    now: datetime,
+    memo: GrantsMemo | None = None,
+    version: int | None = None,
 ) -> list[tuple[Person | None, list[Grant]] | ResolverError]:
     """For each identity: the SCIM user it names (None: a workload, or never provisioned),
     the grants their groups give them (none when inactive) and the grants of claim bindings
-    its token's claims match, sorted by account, role and binding. One statement for all."""
+    its token's claims match, sorted by account, role and binding. One statement for all,
+    for the people not in ``memo`` (valid at ``version``) and the claims."""
     keys = [_user_key(identity) for identity in identities]
+    claimed = {name for identity in identities for name in identity.claims}
+    kept: GrantsMemo | None = None
+    if memo is not None and version is not None:
+        if not memo.holds(version, now):
+            memo.clear()
+            ends = await db.rows(_NEXT_END, {"now": now})
+            memo.version, memo.until = version, ends[0][0] if ends else None
+        kept = memo
     values: dict[str, set[str]] = {}
     for key in keys:
-        if key is not None:
+        if key is not None and (kept is None or key not in kept.people):
             values.setdefault(key[0], set()).add(key[1])
-    names = sorted({name for identity in identities for name in identity.claims})
+    names = sorted(claimed if kept is None else claimed - set(kept.claims))
     attributes = tuple(sorted(values))
     if not attributes and not names:
         rows: list[Any] = []
@@ -319,6 +377,14 @@ async def _identities_grants(
             claim_rows.append((*row[3:7], row[10], row[11], row[9]))
         else:
             person_rows.setdefault((row[12], row[13]), []).append(row)
+    if kept is not None:
+        for attribute, asked in values.items():
+            for value in asked:
+                kept.people[(attribute, value)] = person_rows.get((attribute, value), [])
+        for name in names:
+            kept.claims[name] = [row for row in claim_rows if row[4] == name]
+        person_rows = kept.people
+        claim_rows = [row for name in sorted(claimed) for row in kept.claims[name]]
     found: list[tuple[Person | None, list[Grant]] | ResolverError] = []
     for identity, key in zip(identities, keys, strict=True):
         grants = [g for r in claim_rows if (g := _claim_grant(identity, r)) is not None]
@@ -734,7 +800,8 @@ async def exchange_many(
     # SQLAlchemy's execution layer too (resolver.db.statements).
     db = batch.statements
     version = db.data_version()  # before the read: a commit after it changes it
-    found = await _identities_grants(db, [asks[i].identity for i in pending], moment)
+    identities = [asks[i].identity for i in pending]
+    found = await _identities_grants(db, identities, moment, batch.memo, version)
     plans: dict[int, _Plan] = {}
     for index, grants in zip(pending, found, strict=True):
         try:

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from resolver.config import Settings
-from resolver.credentials.exchange import Ask, IssuedCredentials, Outcome, exchange_many
+from resolver.credentials.exchange import (
+    Ask,
+    GrantsMemo,
+    IssuedCredentials,
+    Outcome,
+    exchange_many,
+)
 from resolver.db.sqlite_driver import OneTripConnection, inline_statements, one_trip_connection
 from resolver.db.statements import SqliteStatements, Statements, statements_on
 from resolver.sealing import Sealer
@@ -158,6 +164,7 @@ class _SessionBatch:
 
     statements: Statements
     _session: AsyncSession
+    memo: GrantsMemo | None = None  # only where PRAGMA data_version can vouch for it
 
     async def session(self) -> AsyncSession:
         return self._session
@@ -184,6 +191,7 @@ class _HeldConnection:
         self.statements: Statements = SqliteStatements(driver, conn.dialect)
         self._sessionmaker = sessionmaker
         self._session: AsyncSession | None = None
+        self.memo = GrantsMemo()
 
     async def session(self) -> AsyncSession:
         if self._session is None:
@@ -198,12 +206,15 @@ class _HeldConnection:
             self._driver.commit()  # what the session did not commit; releases the writer
             return outcomes
         except BaseException:
+            self.memo.clear()
             if self._session is not None:
                 await self._session.rollback()
             self._driver.rollback()
             raise
         finally:
             if self._session is not None:
+                # A rare path changed what the memo may depend on (accounts): read again.
+                self.memo.clear()
                 session, self._session = self._session, None
                 await session.close()
 

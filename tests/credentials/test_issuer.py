@@ -49,6 +49,18 @@ def person(name: str) -> Identity:
     )
 
 
+def workload() -> Identity:
+    return Identity(
+        idp="corp",
+        subject="ci-runner",
+        user_value=None,
+        user_attribute="email",
+        claims={"sub": "ci-runner", "roles": ["ci-deployer"]},
+        expires_at=int(time.time()) + 600,
+        workload_name="corp:ci-runner",
+    )
+
+
 def ask(identity: Identity, public_key: str | None, request_id: str, **wanted: Any) -> Ask:
     return Ask(
         identity,
@@ -360,18 +372,9 @@ async def test_a_key_revoked_in_the_account_is_refused_and_others_in_the_batch_a
     assert isinstance(again, ConflictError) and "revoked in this account" in str(again)
     assert other.user_public_key == fresh
     # A workload may not take a person's key either (nor the reverse).
-    workload = Identity(
-        idp="corp",
-        subject="ci-runner",
-        user_value=None,
-        user_attribute="email",
-        claims={"sub": "ci-runner", "roles": ["ci-deployer"]},
-        expires_at=int(time.time()) + 600,
-        workload_name="corp:ci-runner",
-    )
     with pytest.raises(ConflictError, match="someone else"):
-        await issuer.issue(ask(workload, fresh, "taken"))
-    mine = await issuer.issue(ask(workload, new_keypair("user")[0], "own"))
+        await issuer.issue(ask(workload(), fresh, "taken"))
+    mine = await issuer.issue(ask(workload(), new_keypair("user")[0], "own"))
     assert mine.name == "corp:ci-runner" and mine.roles == ("deployer",)
 
 
@@ -433,18 +436,6 @@ async def test_a_batch_that_fails_writes_nothing_and_holds_no_lock(
         assert keys == keys_before + (failing == "resign_account")
         if failing == "record_all":
             assert (await get_account(session, "ORDERS")).jti == jti_before
-
-
-def workload() -> Identity:
-    return Identity(
-        idp="corp",
-        subject="ci-runner",
-        user_value=None,
-        user_attribute="email",
-        claims={"sub": "ci-runner", "roles": ["ci-deployer"]},
-        expires_at=int(time.time()) + 600,
-        workload_name="corp:ci-runner",
-    )
 
 
 async def test_a_change_another_connection_commits_between_batches_is_seen(

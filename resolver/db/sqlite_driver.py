@@ -29,7 +29,7 @@ import collections
 import contextlib
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -234,30 +234,25 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     # request) and the pool's rollback at check-in find none: no trip for those. Only
     # this connection's own statements change that state, and none is running here.
     def commit(self) -> None:
-        try:
-            raw = self._connection._conn
-            if raw.in_transaction:
-                if _INLINE.get():
-                    try:
-                        raw.commit()  # holds the write lock: a WAL commit waits for no one
-                    except Exception as error:
-                        self._handle_exception(error)
-                else:
-                    super().commit()
-        finally:
-            self.release_writer()
+        # Holds the write lock: a WAL commit waits for no one.
+        self._end_transaction(self._connection._conn.commit, super().commit)
 
     def rollback(self) -> None:
+        # Waits for no one either.
+        self._end_transaction(self._connection._conn.rollback, super().rollback)
+
+    def _end_transaction(self, inline: Callable[[], None], stock: Callable[[], None]) -> None:
+        """End the open transaction, if any: ``inline`` (the sqlite3 call) within
+        ``inline_statements()``, else ``stock`` (a trip to aiosqlite's thread)."""
         try:
-            raw = self._connection._conn
-            if raw.in_transaction:
+            if self._connection._conn.in_transaction:
                 if _INLINE.get():
                     try:
-                        raw.rollback()  # waits for no one either
+                        inline()
                     except Exception as error:
                         self._handle_exception(error)
                 else:
-                    super().rollback()
+                    stock()
         finally:
             self.release_writer()
 

@@ -70,6 +70,8 @@ class CredentialIssuer:
         self._task: asyncio.Task[None] | None = None
         #: On SQLite, the connection kept for batches (made at the first batch).
         self._held: _HeldConnection | None = None
+        #: False once the first batch found the engine cannot be held (not SQLite).
+        self._holdable = True
         #: Batches decided so far, and the requests in them (for tests and benchmarks).
         self.batches = 0
         self.decided = 0
@@ -137,7 +139,7 @@ class CredentialIssuer:
         # The batch's statements are few, small and indexed: on SQLite, run them on this
         # thread rather than paying a thread hand-off for each (see inline_statements).
         with inline_statements():
-            held = self._held or await self._hold()
+            held = self._held or (await self._hold() if self._holdable else None)
             if held is not None:
                 return await held.decide(asks, self._sealer, self._settings)
             async with self._sessionmaker() as session, session.begin():
@@ -148,11 +150,13 @@ class CredentialIssuer:
         """On SQLite, take the connection batches will use; None elsewhere."""
         engine = self._sessionmaker.kw.get("bind")
         if not isinstance(engine, AsyncEngine) or engine.dialect.name != "sqlite":
+            self._holdable = False
             return None
         conn = await engine.connect()
         driver = await one_trip_connection(conn)
         if driver is None:  # an SQLite engine not made by resolver.db.engine
             await conn.close()
+            self._holdable = False
             return None
         self._held = _HeldConnection(conn, driver, self._sessionmaker)
         return self._held

@@ -44,6 +44,9 @@ AUDIT = "INSERT INTO audit (at, who, what) VALUES (:at, :who, :what)"
 
 
 def checkpoint_every_second(database: str) -> None:
+    # As the service's checkpointer does (resolver.db.checkpoint): at the lowest priority,
+    # so the copy runs in the server's idle time.
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     connection = sqlite3.connect(database, isolation_level=None)
     while True:
         time.sleep(1)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from resolver.accounts.cache import AccountJWTCache
 from resolver.config import Settings
 from resolver.credentials.identity import IdentityVerifier
+from resolver.db.checkpoint import WalCheckpointer
 from resolver.push.wake import PushWaker
 from resolver.scim.events import EventHooks
 from resolver.sealing import Sealer
@@ -31,6 +32,9 @@ SCIM_EVENTS = web.AppKey("scim_events", EventHooks)
 JWT_CACHE = web.AppKey("jwt_cache", AccountJWTCache)
 #: Verifies IdP tokens and front-proxy assertions (resolver.credentials.identity).
 IDENTITY_VERIFIER = web.AppKey("identity_verifier", IdentityVerifier)
+#: Copies SQLite's write-ahead log into the database file (SQLite only; the job in
+#: resolver.jobs.wal_checkpoint runs it).
+WAL_CHECKPOINTER = web.AppKey("wal_checkpointer", WalCheckpointer)
 #: Decides credential requests in batches (started with the database).
 # Named, not imported: the issuer imports the whole decision, which imports modules that
 # import this one.

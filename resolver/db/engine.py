@@ -15,6 +15,9 @@ from sqlalchemy.ext.asyncio import (
 
 from resolver.db.sqlite_driver import BUSY_TIMEOUT_MS, one_trip_dbapi
 
+#: What SQLite trims the write-ahead log file to when the log starts over.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wal_autocheckpoint: bool) -> None:
     # SQLite ignores foreign keys unless asked per connection, and WAL lets readers (the
@@ -26,6 +29,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wal_autocheckpoint: 
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if not wal_autocheckpoint:
         cursor.execute("PRAGMA wal_autocheckpoint=0")  # see resolver.db.checkpoint
+    # The log file keeps its largest size after it starts over unless told otherwise; a
+    # burst of writes would leave that much disk taken for good.
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     cursor.close()
 
 

@@ -8,8 +8,10 @@ from resolver.jobs import bindings, prune, resign, scheduler, wal_checkpoint
 
 
 def setup(app: web.Application) -> None:
+    # Before the scheduler: what a job holds (the checkpointer's thread) is released after
+    # the scheduler has stopped the jobs (cleanup contexts unwind in reverse).
+    wal_checkpoint.setup(app)
     scheduler.setup(app)
     resign.setup(app)
     bindings.setup(app)
     prune.setup(app)
-    wal_checkpoint.setup(app)

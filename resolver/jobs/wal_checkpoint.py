@@ -1,18 +1,21 @@
 """Job (SQLite only): copy the write-ahead log into the database file, off the event loop.
 
 The serving engine never checkpoints inside a commit (resolver.db.checkpoint says why);
-this does it instead, once a second. PASSIVE: it never waits for a reader or a writer, and
-what it cannot copy now it copies next time.
+this does it instead, once a second, on the checkpointer's own low-priority thread.
+PASSIVE: it never waits for a reader or a writer, and what it cannot copy now it copies
+next time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from resolver.appkeys import ENGINE, SETTINGS
-from resolver.db.checkpoint import checkpoint_wal
+from resolver.appkeys import ENGINE, SETTINGS, WAL_CHECKPOINTER
+from resolver.db.checkpoint import WalCheckpointer
 from resolver.jobs.scheduler import add_job
 
 log = logging.getLogger(__name__)
@@ -22,11 +25,20 @@ EVERY_SECONDS = 1.0
 
 
 async def run(app: web.Application) -> None:
-    done = await checkpoint_wal(app[ENGINE])
-    if done is not None and done.busy:
+    done = await app[WAL_CHECKPOINTER].checkpoint()
+    if done.busy:
         log.debug("WAL checkpoint found the database busy; next time")
+
+
+async def checkpointer_ctx(app: web.Application) -> AsyncIterator[None]:
+    checkpointer = WalCheckpointer(app[ENGINE])
+    app[WAL_CHECKPOINTER] = checkpointer
+    yield
+    # Waits for a checkpoint in progress: off the loop.
+    await asyncio.to_thread(checkpointer.close)
 
 
 def setup(app: web.Application) -> None:
     if app[SETTINGS].database_url.startswith("sqlite"):
+        app.cleanup_ctx.append(checkpointer_ctx)
         add_job(app, "wal_checkpoint", run, every_seconds=EVERY_SECONDS, first_run_after=1.0)

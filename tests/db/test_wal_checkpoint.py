@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from resolver.app import create_app
 from resolver.appkeys import ENGINE
 from resolver.config import Settings
-from resolver.db import sqlite_driver
-from resolver.db.checkpoint import checkpoint_wal
-from resolver.db.engine import create_engine
+from resolver.db import checkpoint, sqlite_driver
+from resolver.db.checkpoint import NICENESS, WalCheckpoint, WalCheckpointer, checkpoint_wal
+from resolver.db.engine import WAL_SIZE_LIMIT_BYTES, create_engine
 from resolver.jobs.scheduler import JOBS
 from resolver.jobs.wal_checkpoint import EVERY_SECONDS
 from tests.push.conftest import wait_for
@@ -73,6 +77,8 @@ async def test_the_app_checkpoints_the_log_in_a_job(
     app_engine = client.app[ENGINE]
     async with app_engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
+        limit = (await conn.exec_driver_sql("PRAGMA journal_size_limit")).scalar()
+        assert limit == WAL_SIZE_LIMIT_BYTES
     database = Path(app_engine.url.database or "")
 
     def size() -> int:
@@ -86,3 +92,90 @@ async def test_the_app_checkpoints_the_log_in_a_job(
         return await asyncio.to_thread(size) >= before + BYTES
 
     await wait_for(copied, within=10 * EVERY_SECONDS, what="a checkpoint of the log")
+
+
+async def commit_one(engine: AsyncEngine) -> None:
+    """One small commit through the engine: it takes the writer turn, as the service does."""
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO ballast VALUES (:b)"), {"b": os.urandom(64)})
+
+
+@pytest.mark.parametrize("restart_frames", [100, 10**9], ids=["past-the-mark", "below-it"])
+async def test_a_long_log_starts_over_though_commits_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restart_frames: int
+) -> None:
+    """Under steady load some commit lands while the checkpoint copies, so the copy is never
+    complete when the next writer begins, and only a complete one lets it start the log
+    over. Here a reader's snapshot stands for that commit: the copy stops short of it."""
+    path = tmp_path / "wal.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}", wal_autocheckpoint=False)
+    checkpointer = WalCheckpointer(engine, restart_frames=restart_frames)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        await write_on_the_loop(engine)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM ballast").fetchone()  # holds this snapshot
+        await commit_one(engine)  # after the reader's snapshot: not copied while it reads
+        passive = checkpointer._passive
+
+        async def while_the_reader_reads() -> WalCheckpoint:
+            done = await passive()
+            reader.execute("COMMIT")
+            return done
+
+        monkeypatch.setattr(checkpointer, "_passive", while_the_reader_reads)
+        done = await checkpointer.checkpoint()
+        await commit_one(engine)  # starts the log over, if the whole log was copied
+        monkeypatch.setattr(checkpointer, "_passive", passive)
+        after = await checkpointer.checkpoint()
+    finally:
+        reader.close()
+        await asyncio.to_thread(checkpointer.close)
+        await engine.dispose()
+    frames_written = BYTES // 4096
+    assert done.log_frames > frames_written
+    if restart_frames < frames_written:
+        assert done.is_complete  # copied again under the writer turn, to the last frame
+        assert after.log_frames < 10  # one small commit's pages: the log started over
+    else:
+        assert not done.is_complete
+        assert after.log_frames > frames_written  # the log only grew
+
+
+async def test_a_long_write_transaction_does_not_hold_up_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint, "WRITER_TURN_WAIT_SECONDS", 0.2)
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}", wal_autocheckpoint=False)
+    checkpointer = WalCheckpointer(engine, restart_frames=100)
+    try:
+        await write_on_the_loop(engine)
+        async with engine.begin() as conn:  # holds the writer turn until the block ends
+            await conn.execute(text("INSERT INTO ballast VALUES (:b)"), {"b": b"open"})
+            started = time.monotonic()
+            done = await checkpointer.checkpoint()
+            waited = time.monotonic() - started
+    finally:
+        await asyncio.to_thread(checkpointer.close)
+        await engine.dispose()
+    assert done.is_complete  # what was committed was copied; the restart waits for next time
+    assert waited < 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+async def test_the_checkpoint_runs_on_a_thread_of_the_lowest_priority(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}", wal_autocheckpoint=False)
+    checkpointer = WalCheckpointer(engine)
+    loop_thread = threading.get_native_id()
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, loop_thread)
+    try:
+        await write_on_the_loop(engine)
+        done = await checkpointer.checkpoint()
+        thread = checkpointer.thread_id
+        assert thread is not None and thread != loop_thread
+        assert os.getpriority(os.PRIO_PROCESS, thread) == NICENESS
+    finally:
+        await asyncio.to_thread(checkpointer.close)
+        await engine.dispose()
+    assert done.is_complete and done.log_frames > BYTES // 4096
+    assert os.getpriority(os.PRIO_PROCESS, loop_thread) == loop_niceness  # the loop's own

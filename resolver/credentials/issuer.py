@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -158,6 +159,7 @@ class CredentialIssuer:
             await conn.close()
             self._holdable = False
             return None
+        driver.keep_busy_wait_off()  # its statements run inline (see the method)
         self._held = _HeldConnection(conn, driver, self._sessionmaker)
         return self._held
 
@@ -223,6 +225,11 @@ class _HeldConnection:
                 await session.close()
 
     async def close(self) -> None:
+        try:
+            self._driver.restore_busy_wait()
+        except sqlite3.Error:
+            # Not back to the pool with the busy timeout at 0: the pool drops it instead.
+            await self._conn.invalidate()
         await self._conn.close()
 
 

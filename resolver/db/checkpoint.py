@@ -48,10 +48,12 @@ from resolver.db.sqlite_driver import OneTripDBAPI
 
 log = logging.getLogger(__name__)
 
-#: Frames (pages) in the log past which a checkpoint makes sure the log starts over: 128 MiB
-#: at SQLite's 4 KiB pages, about a minute of 200 exchanges a second. Below it the log starts
-#: over whenever the writes pause for as long as a checkpoint takes.
-RESTART_FRAMES = 32_768
+#: Frames (pages) in the log past which a checkpoint makes sure the log starts over: 512 MiB
+#: at SQLite's 4 KiB pages, about a minute of 200 exchanges a second without a pause. Below
+#: it the log starts over whenever the writes pause for as long as a checkpoint takes. Not
+#: lower: this process's writers wait while that copy runs, and its two fsyncs took 30-40 ms
+#: on the 2-core VM however few frames there were.
+RESTART_FRAMES = 131_072
 
 #: How long the checkpointer waits for this process's writer turn before it leaves the
 #: restart to the next run: a long write transaction is not worth stalling behind.

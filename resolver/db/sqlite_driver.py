@@ -84,12 +84,14 @@ def _run(
 
 
 def _run_unless_busy(
-    conn: sqlite3.Connection, operation: str, parameters: Any, many: bool
+    conn: sqlite3.Connection, operation: str, parameters: Any, many: bool, *, kept_off: bool
 ) -> tuple[Any, int, int | None, list[Any]] | None:
     """``_run`` for a write that opens a transaction, on the loop's thread, if the write
     lock is free; None (and no transaction left open) if another process holds it: then
-    the caller waits for it on aiosqlite's thread, in the busy handler."""
-    conn.execute("PRAGMA busy_timeout=0")
+    the caller waits for it on aiosqlite's thread, in the busy handler. ``kept_off``: the
+    connection's busy timeout is 0 already (``OneTripConnection.keep_busy_wait_off``)."""
+    if not kept_off:
+        conn.execute("PRAGMA busy_timeout=0")
     try:
         return _run(conn, operation, parameters, many)
     except sqlite3.OperationalError as error:
@@ -100,7 +102,20 @@ def _run_unless_busy(
         conn.rollback()
         return None
     finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if not kept_off:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def _run_waiting(
+    conn: sqlite3.Connection, operation: str, parameters: Any, many: bool
+) -> tuple[Any, int, int | None, list[Any]]:
+    """``_run`` on aiosqlite's thread for a connection whose busy timeout is kept at 0:
+    there a statement may wait for another process's lock, as everywhere else."""
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    try:
+        return _run(conn, operation, parameters, many)
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -167,12 +182,32 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     """Also queues this process's writers on an asyncio lock (see ``take_writer``)."""
 
-    __slots__ = ("_writer_held",)
+    __slots__ = ("_busy_wait_off", "_writer_held")
     _cursor_cls = OneTripCursor
 
     def __init__(self, dbapi: OneTripDBAPI, connection: aiosqlite.Connection) -> None:
         super().__init__(dbapi, connection)
         self._writer_held = False
+        self._busy_wait_off = False
+
+    def keep_busy_wait_off(self) -> None:
+        """Keep SQLite's busy timeout at 0 on this connection until ``restore_busy_wait``,
+        for a connection that runs its statements inline (the credentials issuer's).
+
+        A write that opens a transaction inline tries without waiting and, if another
+        process holds the lock, waits on aiosqlite's thread instead (``run``). It used to
+        set the timeout to 0 and back around every such write: two more statements per
+        request, and on a lone request each cost 50-100 µs of CPU (the VM leaves its caches
+        cold between requests). Statements that go to the thread get the timeout back for
+        their trip; an inline one that finds a lock fails at once instead of stalling the
+        event loop in the busy handler."""
+        self._connection._conn.execute("PRAGMA busy_timeout=0")
+        self._busy_wait_off = True
+
+    def restore_busy_wait(self) -> None:
+        """Undo ``keep_busy_wait_off`` (before the connection goes back to the pool)."""
+        self._connection._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._busy_wait_off = False
 
     async def take_writer(self) -> None:
         """Wait for this process's other writers before opening a write transaction.
@@ -209,12 +244,15 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
             if not _INLINE.get():
                 done = None
             elif opens_write:
-                done = _run_unless_busy(raw, operation, parameters, many)
+                done = _run_unless_busy(
+                    raw, operation, parameters, many, kept_off=self._busy_wait_off
+                )
             else:
                 done = _run(raw, operation, parameters, many)
             if done is None:
+                work = _run_waiting if self._busy_wait_off else _run
                 async with self._execute_mutex:
-                    done = await connection._execute(_run, raw, operation, parameters, many)
+                    done = await connection._execute(work, raw, operation, parameters, many)
             return done
         finally:
             if not raw.in_transaction:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
 from resolver.appkeys import ENGINE, SETTINGS, WAL_CHECKPOINTER
 from resolver.db.checkpoint import WalCheckpointer
@@ -39,6 +40,8 @@ async def checkpointer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
-    if app[SETTINGS].database_url.startswith("sqlite"):
+    url = make_url(app[SETTINGS].database_url)
+    # An in-memory database has no log to copy.
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         app.cleanup_ctx.append(checkpointer_ctx)
         add_job(app, "wal_checkpoint", run, every_seconds=EVERY_SECONDS, first_run_after=1.0)

@@ -29,7 +29,7 @@ from resolver.db.models import (
     IssuedUserKey,
     User,
 )
-from resolver.db.sqlite_driver import OneTripConnection
+from resolver.db.sqlite_driver import BUSY_TIMEOUT_MS, OneTripConnection
 from resolver.errors import ConflictError, PermissionDeniedError, ValidationError
 from resolver.natsjwt import decode, new_keypair
 from resolver.sealing import Sealer
@@ -480,3 +480,22 @@ async def test_a_binding_that_ends_stops_granting_though_nothing_was_committed(
     await asyncio.sleep((ends - datetime.now(UTC)).total_seconds() + 0.05)
     with pytest.raises(PermissionDeniedError, match="no binding"):
         await issuer.issue(ask(person("alice"), new_keypair("user")[0], "r3"))
+
+
+async def test_the_issuer_gives_its_connection_back_with_the_busy_timeout(
+    engine: AsyncEngine, sessions: Sessions, sealer: Sealer, settings: Settings, world: World
+) -> None:
+    """On SQLite the issuer keeps one connection with the busy timeout at 0 (see
+    OneTripConnection.keep_busy_wait_off); the pool must not get it back that way."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite connections are held")
+    running = CredentialIssuer(sessions, sealer, settings)
+    running.start()
+    try:
+        await running.issue(ask(person("alice"), new_keypair("user")[0], "r1", account="ORDERS"))
+        assert running._held is not None
+        raw = running._held._driver._connection._conn
+        assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    finally:
+        await running.stop()
+    assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS

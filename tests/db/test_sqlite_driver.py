@@ -216,3 +216,42 @@ async def test_an_inline_writer_waits_for_another_process_without_stalling_the_l
     # The loop kept running while the write waited (a stall would leave ~0 ticks).
     assert ticks >= 15
     assert int(opening) != here and after == f"{here}b"
+
+
+async def test_a_connection_kept_without_busy_wait_still_waits_on_the_thread(
+    traced: AsyncEngine, tmp_path: Path
+) -> None:
+    """``keep_busy_wait_off`` (the credentials issuer's connection): no PRAGMA around each
+    inline write, and a write that finds another process's lock still waits for it, on
+    aiosqlite's thread, with the busy timeout back for that trip only."""
+    here = threading.get_ident()
+    other = sqlite3.connect(tmp_path / "driver.db", isolation_level=None)
+    async with traced.connect() as conn:
+        driver = await sqlite_driver.one_trip_connection(conn)
+        assert driver is not None
+        driver.keep_busy_wait_off()
+
+        def busy_timeout() -> int:  # read as an inline statement sees it
+            return int(driver._connection._conn.execute("PRAGMA busy_timeout").fetchone()[0])
+
+        timeouts = [busy_timeout()]
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock for 0.4 s
+        asyncio.get_running_loop().call_later(0.4, other.rollback)
+        started = time.monotonic()
+        try:
+            with sqlite_driver.inline_statements():
+                await conn.execute(text("INSERT INTO things (name) VALUES (tid())"))
+                await conn.commit()
+                waited = time.monotonic() - started
+                # The lock is free now: this one runs here, without a PRAGMA around it.
+                await conn.execute(text("INSERT INTO things (name) VALUES (tid() || 'b')"))
+                await conn.commit()
+        finally:
+            other.close()
+        timeouts.append(busy_timeout())
+        driver.restore_busy_wait()
+        timeouts.append(busy_timeout())
+        names = (await conn.execute(text("SELECT name FROM things"))).scalars().all()
+    assert waited >= 0.35
+    assert int(names[0]) != here and names[1] == f"{here}b"
+    assert timeouts == [0, 0, sqlite_driver.BUSY_TIMEOUT_MS]

@@ -22,8 +22,10 @@ a minimal keep-alive client, so that the generator's own cost stays out of the l
 - auth callout: ``nats.connect(token=...)`` at ``--rate`` per second, timed from the start
   of the connect to its return (the server answered +OK after the callout's reply), each
   connection closed after; reference: the same connects with a creds file (no callout);
-- the load generator's own delay: how many requests it started more than 2 ms after their
-  scheduled time (its event loop was busy), since that delay is counted in the latency;
+- latency two ways: from the moment this process began the request (the service's part;
+  the target is read on it) and from the request's scheduled start, which also holds this
+  process's own delays in starting requests (counted: how many began over 2 ms late). In
+  an open loop the service cannot cause those delays: no request waits for another;
 - cost: the service's CPU time (all its threads, from /proc) per request over each phase.
   This machine's speed drifts from run to run; CPU per request says what the code costs,
   and shows how much more a request costs alone (open loop) than in a stream (closed loop).
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,25 +180,41 @@ def pct(values: list[float], q: float) -> float:
 LATE_MS = 2.0
 
 
-async def open_loop(
-    rate: float, seconds: float, call: Callable[[int], Awaitable[bool]]
-) -> tuple[list[float], int, int]:
-    """Start call(i) every 1/rate s; latencies in ms (from the scheduled start), errors,
-    and how many requests this process started more than LATE_MS late."""
-    latencies: list[float] = []
-    errors = 0
-    late = 0
+@dataclass
+class Phase:
+    """An open loop's answers: latencies in ms two ways, errors, late starts."""
+
+    #: From the scheduled start: what a client that wanted the answer then waited.
+    scheduled: list[float] = field(default_factory=list)
+    #: From the moment this process began the request: the service's part, without this
+    #: process's own delays in starting it (none of which the service caused: each
+    #: request starts on its own schedule, whatever the others are waiting for).
+    sent: list[float] = field(default_factory=list)
+    errors: int = 0
+    #: Requests this process began more than LATE_MS after their scheduled start.
+    late: int = 0
+
+
+def summary(values: list[float]) -> str:
+    return f"{pct(values, 0.5):.1f} / {pct(values, 0.99):.1f} / {max(values):.1f} ms"
+
+
+async def open_loop(rate: float, seconds: float, call: Callable[[int], Awaitable[bool]]) -> Phase:
+    """Start call(i) every 1/rate s, each on its own task."""
+    phase = Phase()
     start = time.perf_counter()
 
     async def one(i: int, due: float) -> None:
-        nonlocal errors, late
-        if (time.perf_counter() - due) * 1000 > LATE_MS:
-            late += 1
+        began = time.perf_counter()
+        if (began - due) * 1000 > LATE_MS:
+            phase.late += 1
         ok = await call(i)
         if ok:
-            latencies.append((time.perf_counter() - due) * 1000)
+            answered = time.perf_counter()
+            phase.scheduled.append((answered - due) * 1000)
+            phase.sent.append((answered - began) * 1000)
         else:
-            errors += 1
+            phase.errors += 1
 
     tasks = []
     for i in range(int(rate * seconds)):
@@ -205,7 +224,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
-    return latencies, errors, late
+    return phase
 
 
 async def closed_loop(
@@ -303,36 +322,45 @@ async def run(
         )
 
     await closed_row("token exchange", "issued", exchange)
-    ref, ref_errors, _ = await open_loop(args.rate, args.seconds, healthz)
+    ref = await open_loop(args.rate, args.seconds, healthz)
     cpu = ServiceCPU(pid)
-    lat, errors, late = await open_loop(args.rate, args.seconds, exchange)
+    done = await open_loop(args.rate, args.seconds, exchange)
+    lat = done.sent
     target = "p99 < 10 ms: " + ("met" if pct(lat, 0.99) < 10 else "NOT met")
     rows.append(
         (
             f"token exchange at {args.rate:.0f}/s, p50 / p99 / max",
-            f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} / {max(lat):.1f} ms",
-            f"{target}; errors {errors}; started late {late}; {cpu.per_request(len(lat))}",
+            summary(lat),
+            f"{target}; errors {done.errors}; {cpu.per_request(len(lat))}",
+        )
+    )
+    rows.append(
+        (
+            "  the same, from the scheduled start",
+            summary(done.scheduled),
+            f"this process started {done.late} late by over {LATE_MS:.0f} ms",
         )
     )
     rows.append(
         (
             f"reference GET /healthz at {args.rate:.0f}/s",
-            f"{pct(ref, 0.5):.1f} / {pct(ref, 0.99):.1f} / {max(ref):.1f} ms",
-            f"p99 ratio {pct(lat, 0.99) / pct(ref, 0.99):.1f}x; errors {ref_errors}",
+            summary(ref.sent),
+            f"p99 ratio {pct(lat, 0.99) / pct(ref.sent, 0.99):.1f}x; errors {ref.errors}",
         )
     )
 
     rest = list(unused)
     for variant, through_sqlalchemy in (("", False), (", through SQLAlchemy", True)):
-        floor, floor_errors, floor_late, floor_cpu = await exchange_floor(
+        floor, floor_cpu = await exchange_floor(
             args, idp, tmp, tokens, rest, sqlalchemy=through_sqlalchemy
         )
         rows.append(
             (
                 f"reference: bare exchange{variant} at {args.rate:.0f}/s",
-                f"{pct(floor, 0.5):.1f} / {pct(floor, 0.99):.1f} / {max(floor):.1f} ms",
-                f"p99 ratio {pct(lat, 0.99) / pct(floor, 0.99):.1f}x; errors {floor_errors}; "
-                f"started late {floor_late}; {floor_cpu}",
+                summary(floor.sent),
+                f"p99 ratio {pct(lat, 0.99) / pct(floor.sent, 0.99):.1f}x; errors "
+                f"{floor.errors}; from the schedule p99 {pct(floor.scheduled, 0.99):.1f} ms; "
+                f"{floor_cpu}",
             )
         )
 
@@ -372,22 +400,25 @@ async def run(
     for i in range(20):
         await callout(i)
     await closed_row("auth callout", "connects", callout)
-    ref, ref_errors, _ = await open_loop(args.rate, args.seconds, plain)
+    ref = await open_loop(args.rate, args.seconds, plain)
     cpu = ServiceCPU(pid)
-    lat, errors, late = await open_loop(args.rate, args.seconds, callout)
+    done = await open_loop(args.rate, args.seconds, callout)
+    # From the schedule: the auth timeout runs from the CONNECT, which a late start delays
+    # too, so the larger figure is the one to hold against it.
+    lat = done.scheduled
     rows.append(
         (
             f"auth callout connect at {args.rate:.0f}/s, p50 / p99 / max",
-            f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} / {max(lat):.1f} ms",
+            summary(lat),
             f"nats-server auth timeout 2000 ms: max is {max(lat) / 2000:.1%} of it; "
-            f"errors {errors}; started late {late}; {cpu.per_request(len(lat))}",
+            f"errors {done.errors}; {cpu.per_request(len(lat))}",
         )
     )
     rows.append(
         (
             f"reference creds-file connect at {args.rate:.0f}/s",
-            f"{pct(ref, 0.5):.1f} / {pct(ref, 0.99):.1f} / {max(ref):.1f} ms",
-            f"p99 ratio {pct(lat, 0.99) / pct(ref, 0.99):.1f}x; errors {ref_errors}",
+            summary(ref.scheduled),
+            f"p99 ratio {pct(lat, 0.99) / pct(ref.scheduled, 0.99):.1f}x; errors {ref.errors}",
         )
     )
     await lean.close()
@@ -403,10 +434,9 @@ async def exchange_floor(
     keys: list[str],
     *,
     sqlalchemy: bool,
-) -> tuple[list[float], int, int, str]:
-    """Latencies, errors, requests started late and CPU per request of
-    bench/exchange_floor.py at ``args.rate``, on the service's core (the service is idle
-    meanwhile)."""
+) -> tuple[Phase, str]:
+    """An open loop of bench/exchange_floor.py at ``args.rate``, and its CPU per request,
+    on the service's core (the service is idle meanwhile)."""
     name = "floor-sqlalchemy" if sqlalchemy else "floor"
     pem = tmp / "idp.pem"
     pem.write_bytes(idp.key("RS256").public_pem())
@@ -423,8 +453,8 @@ async def exchange_floor(
             for i in range(50):
                 assert await exchange(i), floor.output()
             cpu = ServiceCPU(floor.proc.pid, whose="its")
-            lat, errors, late = await open_loop(args.rate, args.seconds, exchange)
-            return lat, errors, late, cpu.per_request(len(lat))
+            done = await open_loop(args.rate, args.seconds, exchange)
+            return done, cpu.per_request(len(done.sent))
         finally:
             await lean.close()
     finally:

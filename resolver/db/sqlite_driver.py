@@ -197,7 +197,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         A write that opens a transaction inline tries without waiting and, if another
         process holds the lock, waits on aiosqlite's thread instead (``run``). It used to
         set the timeout to 0 and back around every such write: two more statements per
-        request, and on a lone request each cost 50-100 µs of CPU (the VM leaves its caches
+        request, and on a lone request each cost 50-120 µs of CPU (the VM leaves its caches
         cold between requests). Statements that go to the thread get the timeout back for
         their trip; an inline one that finds a lock fails at once instead of stalling the
         event loop in the busy handler."""

@@ -109,6 +109,8 @@ class WalCheckpointer:
         # Its connection serves one checkpoint at a time, whichever thread runs it.
         self._one_at_a_time = asyncio.Lock()
         self.thread_id: int | None = None  # the checkpoint thread's native id, once it ran
+        #: The error the last checkpoint failed with, if it did (the job reports changes).
+        self.failing: str | None = None
 
     def _checkpoint_here(self) -> WalCheckpoint:
         """One PASSIVE checkpoint on the calling thread (only one runs at a time)."""

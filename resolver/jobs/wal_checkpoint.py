@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -26,7 +27,19 @@ EVERY_SECONDS = 1.0
 
 
 async def run(app: web.Application) -> None:
-    done = await app[WAL_CHECKPOINTER].checkpoint()
+    checkpointer = app[WAL_CHECKPOINTER]
+    try:
+        done = await checkpointer.checkpoint()
+    except sqlite3.Error as error:
+        # Every second: a traceback each time (the scheduler's default) would bury the log.
+        # Said once per cause, and once more when it clears.
+        if str(error) != checkpointer.failing:
+            checkpointer.failing = str(error)
+            log.warning("WAL checkpoint failed: %s (trying again every %g s)", error, EVERY_SECONDS)
+        return
+    if checkpointer.failing is not None:
+        checkpointer.failing = None
+        log.warning("WAL checkpoint works again")
     if done.busy:
         log.debug("WAL checkpoint found the database busy; next time")
 

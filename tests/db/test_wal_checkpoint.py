@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import sys
@@ -12,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resolver.app import create_app
-from resolver.appkeys import ENGINE
+from resolver.appkeys import ENGINE, WAL_CHECKPOINTER
 from resolver.config import Settings
 from resolver.db import checkpoint, sqlite_driver
 from resolver.db.checkpoint import NICENESS, WalCheckpoint, WalCheckpointer, checkpoint_wal
 from resolver.db.engine import WAL_SIZE_LIMIT_BYTES, create_engine
+from resolver.jobs import wal_checkpoint
 from resolver.jobs.scheduler import JOBS
 from resolver.jobs.wal_checkpoint import EVERY_SECONDS
 from tests.push.conftest import wait_for
@@ -179,3 +182,32 @@ async def test_the_checkpoint_runs_on_a_thread_of_the_lowest_priority(tmp_path: 
         await engine.dispose()
     assert done.is_complete and done.log_frames > BYTES // 4096
     assert os.getpriority(os.PRIO_PROCESS, loop_thread) == loop_niceness  # the loop's own
+
+
+async def test_a_failing_checkpoint_is_reported_once_not_every_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}", wal_autocheckpoint=False)
+    checkpointer = WalCheckpointer(engine)
+    app = web.Application()
+    app[WAL_CHECKPOINTER] = checkpointer
+
+    def broken() -> WalCheckpoint:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        caplog.set_level(logging.DEBUG, logger="resolver.jobs.wal_checkpoint")
+        monkeypatch.setattr(checkpointer, "_on_low_priority_thread", broken)
+        for _ in range(3):
+            await wal_checkpoint.run(app)
+        monkeypatch.undo()
+        await wal_checkpoint.run(app)
+        await wal_checkpoint.run(app)
+    finally:
+        await asyncio.to_thread(checkpointer.close)
+        await engine.dispose()
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert said == [
+        ("WARNING", "WAL checkpoint failed: disk I/O error (trying again every 1 s)", None),
+        ("WARNING", "WAL checkpoint works again", None),
+    ]

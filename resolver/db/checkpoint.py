@@ -158,14 +158,3 @@ class WalCheckpointer:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-
-async def checkpoint_wal(engine: AsyncEngine) -> WalCheckpoint | None:
-    """One PASSIVE checkpoint of ``engine``'s SQLite database; None on another database."""
-    if engine.dialect.name != "sqlite":
-        return None
-    checkpointer = WalCheckpointer(engine)
-    try:
-        return await checkpointer.checkpoint()
-    finally:
-        await asyncio.to_thread(checkpointer.close)

@@ -21,7 +21,7 @@ from resolver.app import create_app
 from resolver.appkeys import ENGINE, WAL_CHECKPOINTER
 from resolver.config import Settings
 from resolver.db import checkpoint, sqlite_driver
-from resolver.db.checkpoint import NICENESS, WalCheckpoint, WalCheckpointer, checkpoint_wal
+from resolver.db.checkpoint import NICENESS, WalCheckpoint, WalCheckpointer
 from resolver.db.engine import WAL_SIZE_LIMIT_BYTES, create_engine
 from resolver.jobs import wal_checkpoint
 from resolver.jobs.scheduler import JOBS
@@ -52,12 +52,13 @@ async def test_the_serving_engine_leaves_the_log_to_the_checkpointer(
     engine = create_engine(
         f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}", wal_autocheckpoint=autocheckpoint
     )
+    checkpointer = WalCheckpointer(engine)
     try:
         await write_on_the_loop(engine)
-        done = await checkpoint_wal(engine)
+        done = await checkpointer.checkpoint()
     finally:
+        await asyncio.to_thread(checkpointer.close)
         await engine.dispose()
-    assert done is not None
     assert done.is_complete  # everything is in the database file now, whoever copied it
     if autocheckpoint:
         # SQLite's own: the commits checkpointed (and restarted the log) on the way.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -317,11 +318,18 @@ class GrantsMemo:
     people: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     #: A token claim's name → the rows of the claim bindings on it ([]: none).
     claims: dict[str, list[Any]] = field(default_factory=dict)
+    #: Role name → its spec as parsed from the rows kept (a role's change is a commit).
+    roles: dict[str, RoleSpec] = field(default_factory=dict)
+    #: Scoped key id → its seed, unsealed (a key's retirement is a commit; one made in a
+    #: batch is a rare path). ``natsjwt.keys`` keeps the signers of these seeds anyway.
+    seeds: dict[int, bytes] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.version = None
         self.people.clear()
         self.claims.clear()
+        self.roles.clear()
+        self.seeds.clear()
 
     def holds(self, version: int, now: datetime) -> bool:
         return (
@@ -477,6 +485,16 @@ def _role_set(
     return sorted(held), [g for g in grants if g.role in held]
 
 
+def _parsed_role(memo: GrantsMemo | None, name: str, spec: Mapping[str, Any]) -> RoleSpec:
+    """``parse_role``, once per role while ``memo`` holds (its rows carry the spec)."""
+    if memo is None or memo.version is None:
+        return parse_role(name, spec)
+    parsed = memo.roles.get(name)
+    if parsed is None:
+        parsed = memo.roles[name] = parse_role(name, spec)
+    return parsed
+
+
 async def _plan(
     batch: Batch,
     settings: Settings,
@@ -520,7 +538,7 @@ async def _plan(
     assert account_id is not None  # _role_set refused an empty grant list
     specs = {g.role: g.role_spec for g in used if g.role_spec is not None}
     roles = (
-        [parse_role(role, specs[role]) for role in role_names]
+        [_parsed_role(batch.memo, role, specs[role]) for role in role_names]
         if set(specs) == set(role_names)
         else await load_roles(await batch.session(), role_names)
     )
@@ -837,7 +855,10 @@ async def exchange_many(
     plans = {i: p for i, p in plans.items() if i not in outcomes}
     if plans:
         keys = await _scoped_keys(batch, sealer, settings, plans, accounts, known.scoped)
-        outcomes |= await _sign_and_record(db, sealer, plans, used, accounts, keys, when)
+        seeds = batch.memo.seeds if batch.memo is not None else {}
+        outcomes |= await _sign_and_record(
+            db, sealer, plans, used, accounts, keys, when, seeds=seeds
+        )
     return [outcomes[i] for i in range(len(asks))]
 
 
@@ -883,11 +904,12 @@ async def _sign_and_record(
     accounts: dict[int, _Locked],
     keys: dict[tuple[int, str], tuple[_Key, bool]],
     when: int,
+    *,
+    seeds: dict[int, bytes],
 ) -> dict[int, IssuedCredentials]:
     """Sign each plan's user JWT with its scoped key; record the issued keys, the links
     of claim-granted ones and the audit rows, each kind in one statement."""
     done: dict[int, IssuedCredentials] = {}
-    seeds: dict[int, bytes] = {}  # scoped key id → its seed, unsealed once per batch
     rows, audit, claim_bindings = [], [], []
     for index, plan in plans.items():
         account = accounts[plan.account_id]

@@ -30,6 +30,7 @@ from jwt import PyJWKClient
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
 
 from resolver.config import IdpSettings, Settings
+from resolver.credentials.jwt_decoding import DECODER
 from resolver.errors import AuthenticationError, ConfigError
 
 log = logging.getLogger("resolver.credentials.identity")
@@ -364,7 +365,7 @@ async def _verify(issuer: _Issuer, token: str, header: Mapping[str, Any]) -> Ide
     kid = header.get("kid")
     key = await issuer.keys.key_for(kid if isinstance(kid, str) else None)
     try:
-        claims = jwt.decode(
+        claims = DECODER.decode(
             token,
             key,
             algorithms=list(idp.algorithms),

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resolver.accounts.service import get_account, revoke_user_key
@@ -27,13 +27,14 @@ from resolver.db.models import (
     Binding,
     GroupMember,
     IssuedUserKey,
+    Role,
     User,
 )
 from resolver.db.sqlite_driver import BUSY_TIMEOUT_MS, OneTripConnection
 from resolver.errors import ConflictError, PermissionDeniedError, ValidationError
 from resolver.natsjwt import decode, new_keypair
 from resolver.sealing import Sealer
-from tests.credentials.conftest import ADMIN, World
+from tests.credentials.conftest import ADMIN, WRITER, World
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -461,6 +462,48 @@ async def test_a_change_another_connection_commits_between_batches_is_seen(
     # Olga, still in eng, is issued as before.
     issued = await issuer.issue(ask(person("olga"), new_keypair("user")[0], "r3", account="ORDERS"))
     assert issued.roles == ("writer",)
+
+
+async def test_a_role_another_connection_changes_is_seen_by_the_next_batch(
+    issuer: CredentialIssuer, db_url: str
+) -> None:
+    # On SQLite a parsed role is kept with the memo: a role's change must end it, or
+    # credentials would outlive a lowered max_ttl.
+    for i in range(2):  # the first issue makes a scoped key, which starts the memo over
+        issued = await issuer.issue(ask(person("alice"), new_keypair("user")[0], f"r{i}"))
+        assert issued.expires_at - time.time() > 300  # the token's 10 minutes
+    other = create_engine(db_url)
+    try:
+        async with other.begin() as conn:
+            await conn.execute(
+                update(Role).where(Role.name == "writer").values(spec={**WRITER, "max_ttl": "2m"})
+            )
+    finally:
+        await other.dispose()
+    issued = await issuer.issue(ask(person("alice"), new_keypair("user")[0], "r2"))
+    assert issued.expires_at - time.time() <= 120
+
+
+async def test_a_scoped_key_another_connection_retires_is_not_signed_with(
+    issuer: CredentialIssuer, db_url: str, sessions: Sessions
+) -> None:
+    # Unsealed seeds are kept with the memo, by key id: a retired key's id is never
+    # asked for again, and the next issue makes and signs with a new key.
+    for i in range(2):
+        first = await issuer.issue(ask(person("alice"), new_keypair("user")[0], f"r{i}"))
+    other = create_engine(db_url)
+    try:
+        async with other.begin() as conn:
+            await conn.execute(
+                update(AccountSigningKey)
+                .where(AccountSigningKey.role_set.is_not(None))
+                .values(retired_at=datetime.now(UTC))
+            )
+    finally:
+        await other.dispose()
+    issued = await issuer.issue(ask(person("alice"), new_keypair("user")[0], "r2"))
+    assert issued.new_signing_key
+    assert decode(issued.jwt).issuer != decode(first.jwt).issuer
 
 
 async def test_a_binding_that_ends_stops_granting_though_nothing_was_committed(

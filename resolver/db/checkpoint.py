@@ -28,8 +28,7 @@ exchanges a second:
   about 9 MB a second at 200 exchanges a second, for as long as the load lasted. Once the
   log is past ``RESTART_FRAMES``, the checkpointer copies the few frames committed
   meanwhile again while it holds this process's writer turn (resolver.db.sqlite_driver), so
-  the next commit starts the log over; ``journal_size_limit`` (resolver.db.engine) then
-  trims the file.
+  the next commit starts the log over and writes it again from the start of the file.
 """
 
 from __future__ import annotations
@@ -48,12 +47,13 @@ from resolver.db.sqlite_driver import OneTripDBAPI
 
 log = logging.getLogger(__name__)
 
-#: Frames (pages) in the log past which a checkpoint makes sure the log starts over: 512 MiB
-#: at SQLite's 4 KiB pages, about a minute of 200 exchanges a second without a pause. Below
-#: it the log starts over whenever the writes pause for as long as a checkpoint takes. Not
+#: Frames (pages) in the log past which a checkpoint makes sure the log starts over: 256 MiB
+#: at SQLite's 4 KiB pages, about 30 s of 200 exchanges a second without a pause. Below it
+#: the log starts over whenever the writes pause for as long as a checkpoint takes. Not
 #: lower: this process's writers wait while that copy runs, and its two fsyncs took 30-40 ms
-#: on the 2-core VM however few frames there were.
-RESTART_FRAMES = 131_072
+#: on the 2-core VM however few frames there were. The log file keeps this size and is
+#: written over from its start (see resolver.db.engine.WAL_SIZE_LIMIT_BYTES).
+RESTART_FRAMES = 65_536
 
 #: How long the checkpointer waits for this process's writer turn before it leaves the
 #: restart to the next run: a long write transaction is not worth stalling behind.

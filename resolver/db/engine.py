@@ -15,8 +15,13 @@ from sqlalchemy.ext.asyncio import (
 
 from resolver.db.sqlite_driver import BUSY_TIMEOUT_MS, one_trip_dbapi
 
-#: What SQLite trims the write-ahead log file to when the log starts over.
-WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+#: What SQLite trims the write-ahead log file to when the log starts over. SQLite trims it
+#: inside the commit that starts the log over, which on the credentials path runs on the
+#: event loop: trimming 530 MB there took 0.5 s on the 2-core VM, a stall of every request.
+#: So the limit is twice the log the checkpointer lets grow under steady writes
+#: (resolver.db.checkpoint.RESTART_FRAMES, 256 MiB): that file is written over in place, and
+#: only a log that grew past it (a reader that held one snapshot for minutes) is trimmed.
+WAL_SIZE_LIMIT_BYTES = 512 * 1024 * 1024
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wal_autocheckpoint: bool) -> None:
@@ -30,7 +35,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, wal_autocheckpoint: 
     if not wal_autocheckpoint:
         cursor.execute("PRAGMA wal_autocheckpoint=0")  # see resolver.db.checkpoint
     # The log file keeps its largest size after it starts over unless told otherwise; a
-    # burst of writes would leave that much disk taken for good.
+    # log that grew without bound once would leave that much disk taken for good.
     cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     cursor.close()
 

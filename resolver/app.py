@@ -14,6 +14,7 @@ from resolver.config import Settings
 from resolver.credentials.callout_ctx import setup_callout
 from resolver.db.engine import create_engine, create_sessionmaker
 from resolver.db.migrate import head_revision
+from resolver.http import metrics_view
 from resolver.http.handling import add_fallback, check_all_handled
 from resolver.sealing import Sealer, load_master_key
 
@@ -54,6 +55,7 @@ def create_app(
     scim.setup(app)
     policy.setup(app)
     credentials.setup(app)
+    metrics_view.setup(app)
     # After push (stops before the push connection) and credentials (its verifier).
     setup_callout(app)
     add_fallback(app)

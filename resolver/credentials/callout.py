@@ -75,6 +75,7 @@ from resolver.credentials.exchange import (
 from resolver.credentials.identity import Identity, IdentityVerifier
 from resolver.credentials.issuer import CredentialIssuer
 from resolver.errors import ResolverError
+from resolver.metrics import CREDENTIALS_REFUSED
 from resolver.natsjwt import (
     JWTError,
     XKeyError,
@@ -109,10 +110,14 @@ class CalloutRequestError(Exception):
 class CalloutRefusedError(Exception):
     """The client may not connect; ``reason`` is safe to send and to audit."""
 
-    def __init__(self, reason: str, identity: Identity | None = None) -> None:
+    def __init__(
+        self, reason: str, identity: Identity | None = None, *, code: str = "unauthenticated"
+    ) -> None:
         super().__init__(reason)
         self.reason = reason[:MAX_REASON]
         self.identity = identity
+        #: The refusal's kind, as ``ResolverError.code`` (for the metrics).
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -282,7 +287,7 @@ async def decide(
     try:
         return await issuer.issue(ask)
     except ResolverError as exc:
-        raise CalloutRefusedError(str(exc), identity) from None
+        raise CalloutRefusedError(str(exc), identity, code=exc.code) from None
 
 
 def record_refusal(
@@ -293,6 +298,7 @@ def record_refusal(
     request_id: str | None = None,
 ) -> None:
     """The audit row of a refused connect: the person if the token named one, else anonymous."""
+    CREDENTIALS_REFUSED.labels("callout", refusal.code).inc()
     identity = refusal.identity
     details = {**request.audit_details(), "reason": refusal.reason}
     if identity is not None:

@@ -40,6 +40,7 @@ from resolver.credentials.exchange import (
 )
 from resolver.db.sqlite_driver import OneTripConnection, inline_statements, one_trip_connection
 from resolver.db.statements import SqliteStatements, Statements, statements_on
+from resolver.metrics import CREDENTIALS_ISSUED
 from resolver.sealing import Sealer
 
 log = logging.getLogger("resolver.credentials")
@@ -133,7 +134,9 @@ class CredentialIssuer:
             return
         self.batches += 1
         self.decided += len(batch)
-        for (_ask, future), outcome in zip(batch, outcomes, strict=True):
+        for (ask, future), outcome in zip(batch, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                CREDENTIALS_ISSUED.labels(ask.via).inc()
             _settle(future, outcome)
 
     async def _transaction(self, asks: list[Ask]) -> list[Outcome]:

@@ -34,6 +34,7 @@ from resolver.http.auth import bearer_token
 from resolver.http.handling import add_routes
 from resolver.http.pushing import wait_pushed, wake_pusher
 from resolver.http.requestid import request_id
+from resolver.metrics import CREDENTIALS_REFUSED
 
 log = logging.getLogger("resolver.credentials")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -93,6 +94,8 @@ async def _issue(request: web.Request, wanted: CredentialRequest) -> IssuedCrede
 async def _audit_refusal(
     request: web.Request, identity: Identity | None, exc: ResolverError
 ) -> None:
+    via = "proxy" if identity is not None and identity.idp == PROXY_IDP else "token"
+    CREDENTIALS_REFUSED.labels(via, exc.code).inc()
     actor = refusal_actor(identity, source=request.remote, request_id=request_id(request))
     details = {"reason": str(exc), "path": request.path}
     if identity is not None:

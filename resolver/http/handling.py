@@ -26,12 +26,14 @@ from aiohttp import web
 from resolver.http.errors import error_response
 from resolver.http.requestid import REQUEST_ID_HEADER, REQUEST_ID_KEY, VALID_ID, Handler
 from resolver.logs import request_id_var
+from resolver.metrics import SCIM_OPERATIONS, observe_http
 
 log = logging.getLogger("resolver.http")
 
 FastPath = Callable[[web.Request], web.StreamResponse | None]
 _FAST_PATH_ATTR = "_resolver_fast_path"
 _HANDLED_ATTR = "_resolver_handled"
+_SCIM_OPERATION_ATTR = "_resolver_scim_operation"
 
 # Generated ids: a random per-process prefix and a counter. Unique across replicas and
 # restarts like a UUID, without a getrandom() system call on every request.
@@ -57,6 +59,19 @@ def with_fast_path(handler: Handler, fast: FastPath) -> Handler:
     return handle
 
 
+def scim_operation(handler: Handler, resource: str, operation: str) -> Handler:
+    """Mark ``handler`` as a SCIM operation: ``handled`` counts it in
+    ``nir_scim_operations_total`` with the status it answered."""
+    setattr(handler, _SCIM_OPERATION_ATTR, (resource, operation))
+    return handler
+
+
+def _route(request: web.Request) -> str:
+    # The template, never the path: ids in paths would make a series per resource.
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def _access_log(request: web.Request, status: int, started: float) -> None:
     log.info(
         "%s %s %s",
@@ -78,6 +93,7 @@ def handled(handler: Handler) -> Handler:
     if getattr(handler, _HANDLED_ATTR, False):
         return handler
     fast: FastPath | None = getattr(handler, _FAST_PATH_ATTR, None)
+    scim: tuple[str, str] | None = getattr(handler, _SCIM_OPERATION_ATTR, None)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         given = request.headers.get(REQUEST_ID_HEADER, "")
@@ -87,6 +103,9 @@ def handled(handler: Handler) -> Handler:
             answered = fast(request)
             if answered is not None:
                 answered.headers[REQUEST_ID_HEADER] = rid
+                observe_http(
+                    request.method, _route(request), answered.status, time.perf_counter() - started
+                )
                 if log.isEnabledFor(logging.INFO):
                     token = request_id_var.set(rid)  # the log line carries it, as below
                     _access_log(request, answered.status, started)
@@ -107,6 +126,9 @@ def handled(handler: Handler) -> Handler:
             exc.headers[REQUEST_ID_HEADER] = rid
             raise
         finally:
+            observe_http(request.method, _route(request), status, time.perf_counter() - started)
+            if scim is not None:
+                SCIM_OPERATIONS.labels(scim[0], scim[1], str(status)).inc()
             # Checked first: building ``extra`` (the peer address above all) costs about a
             # tenth of serving a cached JWT, for a line dropped when the level is WARNING.
             if log.isEnabledFor(logging.INFO):

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from resolver.metrics import JOB_LAST_OK, JOB_LAST_RUN, JOB_LAST_SECONDS, JOB_RUNS
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,11 @@ def _logged(
         task = asyncio.current_task()
         if task is not None:
             running.add(task)
+        started = time.monotonic()
+        ok = False
         try:
             await spec.func(app)
+            ok = True
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -68,6 +74,11 @@ def _logged(
         finally:
             if task is not None:
                 running.discard(task)
+        # Not for a cancelled run (shutdown): it neither succeeded nor failed.
+        JOB_RUNS.labels(spec.name, "ok" if ok else "failed").inc()
+        JOB_LAST_RUN.labels(spec.name).set(time.time())
+        JOB_LAST_OK.labels(spec.name).set(1 if ok else 0)
+        JOB_LAST_SECONDS.labels(spec.name).set(time.monotonic() - started)
 
     return run
 

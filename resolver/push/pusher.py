@@ -31,6 +31,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.db.models import PushOutbox, utcnow
+from resolver.metrics import PUSH_SERVER_REPLIES, PUSHES
 from resolver.push.connection import PushRejectedError, PushUnavailableError, ServerReply
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,12 @@ class Pusher:
                     "last_error": summarize_errors(outcome.replies),
                 }
                 _log_pushed(row, outcome.replies)
+                PUSHES.labels("done").inc()
+                for reply in outcome.replies:
+                    PUSH_SERVER_REPLIES.labels(reply.server, reply.result).inc()
             elif outcome.permanent:
                 values = {"status": FAILED, "done_at": now, "last_error": outcome.failure}
+                PUSHES.labels("failed").inc()
                 log.error(
                     "push of account %s (jti %s) failed for good: %s",
                     row.account_key,
@@ -298,6 +303,7 @@ class Pusher:
                 )
             else:
                 delay = backoff_seconds(attempts, base=self._backoff_base, cap=self._backoff_cap)
+                PUSHES.labels("retry").inc()
                 values = {
                     "next_attempt_at": now + timedelta(seconds=delay),
                     "last_error": outcome.failure,

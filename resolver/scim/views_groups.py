@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.appkeys import SESSIONMAKER
 from resolver.db.models import Group
-from resolver.http.handling import add_routes
+from resolver.http.handling import add_routes, scim_operation
 from resolver.scim.groups_store import GroupStore
 from resolver.scim.render import Locations, Projection, etag, group_document
 from resolver.scim.resources import GROUP_SCHEMA
@@ -126,12 +126,12 @@ def setup(app: web.Application, prefix: str) -> None:
     add_routes(
         app,
         [
-            web.post(f"{prefix}/Groups/.search", search_groups),
-            web.get(f"{prefix}/Groups", list_groups),
-            web.post(f"{prefix}/Groups", create_group),
-            web.get(f"{prefix}/Groups/{{id}}", get_group),
-            web.put(f"{prefix}/Groups/{{id}}", replace_group),
-            web.patch(f"{prefix}/Groups/{{id}}", patch_group),
-            web.delete(f"{prefix}/Groups/{{id}}", delete_group),
+            web.post(f"{prefix}/Groups/.search", scim_operation(search_groups, "Group", "search")),
+            web.get(f"{prefix}/Groups", scim_operation(list_groups, "Group", "list")),
+            web.post(f"{prefix}/Groups", scim_operation(create_group, "Group", "create")),
+            web.get(f"{prefix}/Groups/{{id}}", scim_operation(get_group, "Group", "get")),
+            web.put(f"{prefix}/Groups/{{id}}", scim_operation(replace_group, "Group", "replace")),
+            web.patch(f"{prefix}/Groups/{{id}}", scim_operation(patch_group, "Group", "patch")),
+            web.delete(f"{prefix}/Groups/{{id}}", scim_operation(delete_group, "Group", "delete")),
         ],
     )

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from resolver.appkeys import SESSIONMAKER
 from resolver.db.models import User
-from resolver.http.handling import add_routes
+from resolver.http.handling import add_routes, scim_operation
 from resolver.scim.render import Projection, etag, user_document
 from resolver.scim.resources import ENTERPRISE_SCHEMA, USER_SCHEMA
 from resolver.scim.users_store import UserStore
@@ -123,12 +123,12 @@ def setup(app: web.Application, prefix: str) -> None:
     add_routes(
         app,
         [
-            web.post(f"{prefix}/Users/.search", search_users),
-            web.get(f"{prefix}/Users", list_users),
-            web.post(f"{prefix}/Users", create_user),
-            web.get(f"{prefix}/Users/{{id}}", get_user),
-            web.put(f"{prefix}/Users/{{id}}", replace_user),
-            web.patch(f"{prefix}/Users/{{id}}", patch_user),
-            web.delete(f"{prefix}/Users/{{id}}", delete_user),
+            web.post(f"{prefix}/Users/.search", scim_operation(search_users, "User", "search")),
+            web.get(f"{prefix}/Users", scim_operation(list_users, "User", "list")),
+            web.post(f"{prefix}/Users", scim_operation(create_user, "User", "create")),
+            web.get(f"{prefix}/Users/{{id}}", scim_operation(get_user, "User", "get")),
+            web.put(f"{prefix}/Users/{{id}}", scim_operation(replace_user, "User", "replace")),
+            web.patch(f"{prefix}/Users/{{id}}", scim_operation(patch_user, "User", "patch")),
+            web.delete(f"{prefix}/Users/{{id}}", scim_operation(delete_user, "User", "delete")),
         ],
     )

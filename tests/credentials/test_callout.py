@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -337,6 +338,9 @@ async def test_refusals_answer_with_an_error_and_are_audited(
         connect = {"user": "NOPE", "pass": token}
     elif token is not None:
         connect = {"auth_token": token}
+    verified = case in ("inactive", "no binding", "unknown user", "unknown account")
+    refused = {"via": "callout", "reason": "forbidden" if verified else "unauthenticated"}
+    refused_before = REGISTRY.get_sample_value("nir_credentials_refused_total", refused) or 0
     server = FakeServer()
     request, user_nkey = server.request_jwt(keys.account_public_key, connect=connect)
     answer = await service.answer(*server.sealed(request, keys))
@@ -344,6 +348,8 @@ async def test_refusals_answer_with_an_error_and_are_audited(
     response, encrypted = server.read_answer(answer, keys)
     assert encrypted and response.subject == user_nkey and response.claims["aud"] == server.id
     assert "jwt" not in response.nats
+    refused_after = REGISTRY.get_sample_value("nir_credentials_refused_total", refused)
+    assert refused_after == refused_before + 1
     error = response.nats["error"]
     assert reason.lower() in error.lower() and error
     assert token is None or token not in error
@@ -352,7 +358,6 @@ async def test_refusals_answer_with_an_error_and_are_audited(
     assert entry.details["via"] == "callout" and entry.details["user_key"] == user_nkey
     assert entry.source == "192.0.2.7"
     assert token is None or token not in str(entry.details)
-    verified = case in ("inactive", "no binding", "unknown user", "unknown account")
     if verified:
         assert entry.actor != "anonymous" and entry.details["idp"] == "corp"
     else:

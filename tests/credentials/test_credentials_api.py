@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -375,3 +376,25 @@ async def test_ending_a_claim_binding_revokes_the_workloads_it_granted(
         client, idp.token("svc-1", roles=["ci-deployer"]), {"public_key": new_keypair("user")[0]}
     )
     assert status == 403 and "no binding matches" in body["message"]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_issued_and_refused_credentials_are_counted(
+    client: TestClient, world: World, idp: IdpStandIn
+) -> None:
+    issued = ("nir_credentials_issued_total", {"via": "token"})
+    forbidden = ("nir_credentials_refused_total", {"via": "token", "reason": "forbidden"})
+    invalid = ("nir_credentials_refused_total", {"via": "token", "reason": "invalid_token"})
+    before = [sample(name, **labels) for name, labels in (issued, forbidden, invalid)]
+    token = idp.token("00u-alice", email="alice@example.com")
+    for _ in range(2):
+        status, body, _ = await post(client, token, {"public_key": new_keypair("user")[0]})
+        assert status == 201, body
+    carol = idp.token("00u-carol", email="carol@example.com")  # in no group
+    assert (await post(client, carol, {"public_key": new_keypair("user")[0]}))[0] == 403
+    assert (await post(client, token + "x", {"public_key": new_keypair("user")[0]}))[0] == 401
+    after = [sample(name, **labels) for name, labels in (issued, forbidden, invalid)]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [2, 1, 1]

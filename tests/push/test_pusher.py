@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.accounts.service import create_account, get_account, resign_account
@@ -56,6 +57,18 @@ async def test_push_of_the_system_account_records_every_reply(
     client = await aiohttp_client(app)
     await wait_for(lambda: _true(app[PUSH_CONNECTION].connected), what="NATS connection")
 
+    def pushed() -> tuple[float, float]:
+        done = REGISTRY.get_sample_value("nir_pushes_total", {"outcome": "done"}) or 0
+        replies = sum(
+            REGISTRY.get_sample_value(
+                "nir_push_server_replies_total", {"server": "n1", "result": r}
+            )
+            or 0
+            for r in ("updated", "skipped")
+        )
+        return done, replies
+
+    pushed_before = pushed()
     jwt = await _resign(sessions, sealer, settings, system_account.public_key)
     app[PUSHER].wake()
 
@@ -76,6 +89,9 @@ async def test_push_of_the_system_account_records_every_reply(
         assert reply["code"] == 200 and reply["message"] in UPDATE_MESSAGES, reply
         assert reply["result"] in {"updated", "skipped"}
     assert await lookup_account_jwt(full_nats.url, sys_creds, system_account.public_key) == jwt
+    # Counted as it was recorded: a push done, and each of the server's two replies.
+    done, replies = pushed()
+    assert done >= pushed_before[0] + 1 and replies >= pushed_before[1] + 2
 
     response = await client.get("/admin/v1/push", headers=bearer(tokens["admin:read"]))
     assert response.status == 200

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from resolver import admin, credentials, health, jobs, policy, push, scim
 from resolver.accounts import views as account_views
-from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS
+from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS, TOKEN_BUCKETS
+from resolver.auth.ratelimit import TokenBuckets
 from resolver.config import Settings
 from resolver.credentials.callout_ctx import setup_callout
 from resolver.db.engine import create_engine, create_sessionmaker
@@ -45,6 +46,9 @@ def create_app(
     if SEALER not in app:
         # Fail at start-up, not at the first signature, when the master key is missing.
         app[SEALER] = Sealer(load_master_key(settings.master_key_path))
+    if TOKEN_BUCKETS not in app:
+        security = settings.security
+        app[TOKEN_BUCKETS] = TokenBuckets(security.token_requests_per_second, security.token_burst)
     app.cleanup_ctx.append(database_ctx)
 
     health.setup(app)

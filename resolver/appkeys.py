@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resolver.accounts.cache import AccountJWTCache
+from resolver.auth.ratelimit import TokenBuckets
 from resolver.config import Settings
 from resolver.credentials.identity import IdentityVerifier
 from resolver.db.checkpoint import WalCheckpointer
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 SETTINGS = web.AppKey("settings", Settings)
 SEALER = web.AppKey("sealer", Sealer)
+TOKEN_BUCKETS = web.AppKey("token_buckets", TokenBuckets)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 #: Alembic head this code expects; /readyz compares it with the database.

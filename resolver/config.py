@@ -45,6 +45,11 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class SecuritySettings:
     master_key_file: Path | None = None
+    #: Requests a second each API token may make on average (0: no limit), and at once.
+    #: Above what IdP provisioning and the SCIM ingest benchmark send (about 420 creates a
+    #: second at most); what it stops is a runaway script or a leaked token's flood.
+    token_requests_per_second: int = 500
+    token_burst: int = 1000
 
 
 @dataclass(frozen=True)
@@ -348,7 +353,11 @@ _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "max_body_bytes": _as_int(1024, 1 << 30),
     },
     "database": {"url": _as_db_url, "echo": _as_bool},
-    "security": {"master_key_file": _as_path},
+    "security": {
+        "master_key_file": _as_path,
+        "token_requests_per_second": _as_int(0, 1_000_000),
+        "token_burst": _as_int(1, 1_000_000),
+    },
     "nats": {
         "servers": _as_servers,
         "system_creds": _as_path,

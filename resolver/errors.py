@@ -44,3 +44,13 @@ class SealingError(ResolverError):
     """A sealed secret cannot be opened: wrong master key or damaged data."""
 
     code = "sealing_failed"
+
+
+class RateLimitedError(ResolverError):
+    """Too many requests with one API token; ``retry_after`` is in whole seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

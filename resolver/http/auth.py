@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from resolver.appkeys import SESSIONMAKER
+from resolver.appkeys import SESSIONMAKER, TOKEN_BUCKETS
 from resolver.audit.service import Actor
+from resolver.auth.ratelimit import retry_after_seconds
 from resolver.auth.tokens import TokenInfo, verify_token
-from resolver.errors import AuthenticationError, PermissionDeniedError
+from resolver.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
 from resolver.http.requestid import request_id
 
 TOKEN_KEY = web.RequestKey("token", TokenInfo)
@@ -30,6 +31,13 @@ async def authenticate(request: web.Request, scope: str) -> TokenInfo:
         info = await verify_token(session, presented)
     if info is None:
         raise AuthenticationError("the bearer token is not valid")
+    # Only a valid token has a bucket: garbage cannot fill memory or spend someone's turn.
+    wait = request.app[TOKEN_BUCKETS].take(info.name)
+    if wait > 0:
+        raise RateLimitedError(
+            f"too many requests with token {info.name!r}; retry later",
+            retry_after_seconds(wait),
+        )
     if not info.allows(scope):
         raise PermissionDeniedError(f"this token lacks the {scope!r} scope")
     request[TOKEN_KEY] = info

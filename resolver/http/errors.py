@@ -23,6 +23,7 @@ STATUS_BY_ERROR: dict[type[errors.ResolverError], int] = {
     errors.PermissionDeniedError: 403,
     errors.NotFoundError: 404,
     errors.ConflictError: 409,
+    errors.RateLimitedError: 429,
     errors.ConfigError: 500,
     errors.SealingError: 500,
 }
@@ -67,6 +68,8 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         if status >= 500:
             log.error("%s: %s", type(exc).__name__, exc)
         response = render_error(request, status, exc.code, str(exc))
+        if isinstance(exc, errors.RateLimitedError):
+            response.headers["Retry-After"] = str(exc.retry_after)
         if status == 401:
             # RFC 6750: a token that was presented and refused is an "invalid_token".
             response.headers["WWW-Authenticate"] = (

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from resolver.config import load_settings
+from tests.support.pki import make_pki
 from tests.support.processes import nats_server_bin, resolver_bin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,20 +43,6 @@ def test_the_production_settings_sample_loads_as_postgresql_with_tls() -> None:
     )
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "server.crt", directory / "server.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-            "-days", "1", "-subj", "/CN=localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_the_production_nats_server_sample_is_accepted_by_nats_server(tmp_path: Path) -> None:
     data = tmp_path / "data"
     subprocess.run(
@@ -71,12 +58,13 @@ def test_the_production_nats_server_sample_is_accepted_by_nats_server(tmp_path: 
     system = re.search(r"^system_account: (\S+)$", generated, re.M)
     assert operator is not None and system is not None
     (tmp_path / "operator.jwt").write_text(operator.group(1))
-    cert, key = _self_signed(tmp_path)
+    make_pki(tmp_path)
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
     sample = (PRODUCTION / "nats-server.conf").read_text(encoding="utf-8")
     placeholders = {
         "/etc/nats/tls/server.crt": str(cert),
         "/etc/nats/tls/server.key": str(key),
-        "/etc/nats/tls/ca.crt": str(cert),
+        "/etc/nats/tls/ca.crt": str(ca),
         "/etc/nats/operator.jwt": str(tmp_path / "operator.jwt"),
         "A" * 56: system.group(1),
     }

@@ -10,22 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pki import make_pki
 from tests.support.ports import free_port, wait_for_port
 from tests.support.processes import Process, resolver_bin
-
-
-def _certificate(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "server.crt", directory / "server.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-            "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def _get(port: int, context: ssl.SSLContext | None) -> int:
@@ -47,7 +34,8 @@ def test_serve_answers_https_only(tmp_path: Path) -> None:
     subprocess.run(
         [resolver_bin(), "init", "--data-dir", str(data)], check=True, capture_output=True
     )
-    cert, key = _certificate(tmp_path)
+    make_pki(tmp_path)
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
     port = free_port()
     service = Process(
         [resolver_bin(), "serve", "--config", str(data / "resolver.toml")],
@@ -61,7 +49,7 @@ def test_serve_answers_https_only(tmp_path: Path) -> None:
     )
     try:
         wait_for_port(port)
-        trusting = ssl.create_default_context(cafile=str(cert))
+        trusting = ssl.create_default_context(cafile=str(ca))
         deadline = time.monotonic() + 10
         while True:
             try:

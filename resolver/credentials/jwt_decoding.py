@@ -2,9 +2,10 @@
 
 Since 2.15 (the fix for GHSA-hxm8-2xgr-2p9m: junk characters were accepted), PyJWS checks
 every character of every segment against the base64url alphabet in a Python generator. An
-RS256 IdP token has about 600 characters; measured on the hot path, that loop alone took
-longer than the RSA signature check, and PyJWT's whole ``decode`` cost 150 µs where the
-signature check is 40 µs. Every credentials request and every auth callout verifies a token.
+RS256 IdP token has about 600 characters. Measured in a tight loop, PyJWT's whole
+``decode`` cost about 150 µs where the RSA signature check is about 40 µs, and this
+subclass took it to about 115 µs: the loop cost about as much as the signature check. Every
+credentials request and every auth callout verifies a token.
 
 ``_RegexSegmentJWS`` keeps PyJWT's rule to the letter (only base64url characters; at most
 two ``=`` of padding, and then only on a length that is a multiple of 4; no stripped length

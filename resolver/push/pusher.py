@@ -200,6 +200,7 @@ class Pusher:
                     return 0
                 outcomes = await self._push_all(claimed)
                 await self._record(session, outcomes)
+            _count(outcomes)
             return len(claimed)
         # SQLite: one pusher per database file. The read is closed before the push, because a
         # WAL read snapshot cannot become a write transaction once another writer committed.
@@ -210,6 +211,7 @@ class Pusher:
         outcomes = await self._push_all(claimed)
         async with self._sessions() as session, session.begin():
             await self._record(session, outcomes)
+        _count(outcomes)
         return len(claimed)
 
     async def _claim(self, session: AsyncSession, due_by: datetime | None) -> list[ClaimedRow]:
@@ -289,12 +291,8 @@ class Pusher:
                     "last_error": summarize_errors(outcome.replies),
                 }
                 _log_pushed(row, outcome.replies)
-                PUSHES.labels("done").inc()
-                for reply in outcome.replies:
-                    PUSH_SERVER_REPLIES.labels(reply.server, reply.result).inc()
             elif outcome.permanent:
                 values = {"status": FAILED, "done_at": now, "last_error": outcome.failure}
-                PUSHES.labels("failed").inc()
                 log.error(
                     "push of account %s (jti %s) failed for good: %s",
                     row.account_key,
@@ -303,7 +301,6 @@ class Pusher:
                 )
             else:
                 delay = backoff_seconds(attempts, base=self._backoff_base, cap=self._backoff_cap)
-                PUSHES.labels("retry").inc()
                 values = {
                     "next_attempt_at": now + timedelta(seconds=delay),
                     "last_error": outcome.failure,
@@ -337,6 +334,17 @@ async def prune_finished(session: AsyncSession, *, before: datetime) -> None:
             PushOutbox.status.in_([DONE, SUPERSEDED]), PushOutbox.done_at < before
         )
     )
+
+
+def _count(outcomes: list[PushOutcome]) -> None:
+    """The metrics of a round whose record committed (a rolled-back one is pushed again)."""
+    for outcome in outcomes:
+        if outcome.failure is None:
+            PUSHES.labels("done").inc()
+            for reply in outcome.replies:
+                PUSH_SERVER_REPLIES.labels(reply.server, reply.result).inc()
+        else:
+            PUSHES.labels("failed" if outcome.permanent else "retry").inc()
 
 
 def _claimed(row: PushOutbox) -> ClaimedRow:

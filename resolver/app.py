@@ -10,6 +10,7 @@ from aiohttp import web
 from resolver import admin, credentials, health, jobs, policy, push, scim
 from resolver.accounts import views as account_views
 from resolver.appkeys import ENGINE, SCHEMA_HEAD, SEALER, SESSIONMAKER, SETTINGS, TOKEN_BUCKETS
+from resolver.audit import connections_ctx as connection_audit
 from resolver.auth.ratelimit import TokenBuckets
 from resolver.config import Settings
 from resolver.credentials.callout_ctx import setup_callout
@@ -54,6 +55,7 @@ def create_app(
     health.setup(app)
     account_views.setup(app)
     push.setup(app)
+    connection_audit.setup(app)
     admin.setup(app)
     jobs.setup(app)
     scim.setup(app)

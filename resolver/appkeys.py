@@ -12,12 +12,13 @@ from resolver.auth.ratelimit import TokenBuckets
 from resolver.config import Settings
 from resolver.credentials.identity import IdentityVerifier
 from resolver.db.checkpoint import WalCheckpointer
-from resolver.push.wake import PushWaker
 from resolver.scim.events import EventHooks
 from resolver.sealing import Sealer
 
 if TYPE_CHECKING:
     from resolver.credentials.issuer import CredentialIssuer
+    from resolver.jobs.leader import JobLeader
+    from resolver.push.wake import PushWaker
 
 SETTINGS = web.AppKey("settings", Settings)
 SEALER = web.AppKey("sealer", Sealer)
@@ -27,7 +28,8 @@ SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 #: Alembic head this code expects; /readyz compares it with the database.
 SCHEMA_HEAD = web.AppKey("schema_head", str)
 #: Wakes the pusher after a commit that wrote outbox rows (a no-op when NATS is disabled).
-PUSHER = web.AppKey("pusher", PushWaker)
+# Named, not imported: resolver.push imports this module.
+PUSHER: web.AppKey[PushWaker] = web.AppKey("pusher")
 #: Consumers of SCIM domain events (membership diffs, deactivations, deletions).
 SCIM_EVENTS = web.AppKey("scim_events", EventHooks)
 #: Served account JWTs in memory, invalidated on every change (see resolver.accounts.cache).
@@ -41,3 +43,6 @@ WAL_CHECKPOINTER = web.AppKey("wal_checkpointer", WalCheckpointer)
 # Named, not imported: the issuer imports the whole decision, which imports modules that
 # import this one.
 CREDENTIAL_ISSUER: web.AppKey[CredentialIssuer] = web.AppKey("credential_issuer")
+#: Whether this replica runs the shared scheduled jobs (resolver.jobs.leader). Named, not
+#: imported: resolver.jobs imports every job module, and they import this one.
+JOB_LEADER: web.AppKey[JobLeader] = web.AppKey("job_leader")

@@ -194,7 +194,7 @@ def token_create(config: Path | None, name: str, scopes: tuple[str, ...], replac
 
     async def go() -> str:
         async with cli_session(settings) as session, session.begin():
-            return await create_token(session, name, scopes, replace=replace)
+            return await create_token(session, name, scopes, replace=replace, actor=cli_actor())
 
     click.echo(run(go()))
 
@@ -227,7 +227,7 @@ def token_revoke(config: Path | None, name: str) -> None:
 
     async def go() -> None:
         async with cli_session(settings) as session, session.begin():
-            await revoke_token(session, name)
+            await revoke_token(session, name, actor=cli_actor())
 
     run(go())
     click.echo(f"revoked {name}")
@@ -492,7 +492,13 @@ def dev(data_dir: Path, config: Path | None) -> None:
     sys.exit(run_dev_stack(config or data_dir / "resolver.toml"))
 
 
-from resolver import cli_policy  # noqa: E402,F401  (registers commands)
+# Imported last: these modules register their commands on the groups defined above.
+from resolver import (  # noqa: E402
+    cli_audit,  # noqa: F401
+    cli_jobs,  # noqa: F401
+    cli_policy,  # noqa: F401
+    cli_rotate,  # noqa: F401
+)
 
 
 def main() -> None:

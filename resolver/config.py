@@ -148,6 +148,29 @@ class AuthCalloutSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    #: Audit rows older than this are deleted by the retention job; 0 keeps them forever.
+    retention_days: int = 365
+    retention_check_seconds: int = 3_600
+    #: Subscribe to ``$SYS.ACCOUNT.*.CONNECT``/``DISCONNECT`` and audit every connection.
+    record_connections: bool = True
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    #: How often a replica tries to become (or checks it still is) the job leader on
+    #: PostgreSQL: another replica takes over within this long after the leader dies.
+    leader_check_seconds: int = 5
+    #: Seconds between re-pushes of every account's current JWT (0: never).
+    reconcile_seconds: int = 3_600
+    #: Rotate the operator signing key every N days (0: only ``nats-iam-resolver rotate``).
+    operator_key_rotation_days: int = 0
+    #: Rotate every account's signing keys every N days (0: only on demand).
+    account_key_rotation_days: int = 0
+    rotation_check_seconds: int = 3_600
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
     format: str = "text"
@@ -164,6 +187,8 @@ class Settings:
     credentials: CredentialSettings = field(default_factory=CredentialSettings)
     front_proxy: FrontProxySettings = field(default_factory=FrontProxySettings)
     auth_callout: AuthCalloutSettings = field(default_factory=AuthCalloutSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
     log: LogSettings = field(default_factory=LogSettings)
     idp: tuple[IdpSettings, ...] = ()
 
@@ -196,6 +221,8 @@ _SECTIONS: dict[str, type] = {
     "credentials": CredentialSettings,
     "front_proxy": FrontProxySettings,
     "auth_callout": AuthCalloutSettings,
+    "audit": AuditSettings,
+    "jobs": JobSettings,
     "log": LogSettings,
 }
 
@@ -387,6 +414,18 @@ _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "user_attribute": _choice(*USER_ATTRIBUTES),
     },
     "auth_callout": {"enabled": _as_bool, "account": _as_str},
+    "audit": {
+        "retention_days": _as_int(0, 100 * 366),
+        "retention_check_seconds": _as_int(10, 7 * 86_400),
+        "record_connections": _as_bool,
+    },
+    "jobs": {
+        "leader_check_seconds": _as_int(1, 3_600),
+        "reconcile_seconds": _as_int(0, 30 * 86_400),
+        "operator_key_rotation_days": _as_int(0, 10 * 366),
+        "account_key_rotation_days": _as_int(0, 10 * 366),
+        "rotation_check_seconds": _as_int(10, 7 * 86_400),
+    },
     "log": {
         "level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "format": _choice("text", "json"),

@@ -83,6 +83,40 @@ ACCOUNT_JWT_BYTES = Gauge(
     ["account"],
 )
 
+# -- NATS client connections (resolver.audit.connection_recorder) ----------------------------
+
+#: Labelled by account (its name, else its key: accounts are few), never by user (users
+#: are not). With replicas in a queue group each counts the events it was handed: sum them.
+NATS_CONNECTIONS_SEEN = Counter(
+    "nir_nats_connections_seen_total",
+    "Client connect and disconnect events received from nats-server, by account and event",
+    ["account", "event"],
+)
+NATS_CONNECTION_EVENTS_DROPPED = Counter(
+    "nir_nats_connection_events_dropped_total",
+    "Connection events not written to the audit log: overflow (buffer full) or write_failed",
+    ["reason"],
+)
+#: From the servers' own per-account counts, so every replica shows the same value: take
+#: ``max`` over replicas, not ``sum``.
+NATS_CLIENT_CONNECTIONS = Gauge(
+    "nir_nats_client_connections",
+    "Client connections now open per account, summed over the nats-servers reporting them",
+    ["account"],
+)
+
+# -- reconcile (resolver.jobs.reconcile) -----------------------------------------------------
+
+RECONCILE_STALE_ACCOUNTS = Gauge(
+    "nir_reconcile_stale_accounts",
+    "Accounts some nats-server held an outdated JWT of, at the last reconcile (re-pushed)",
+)
+RECONCILE_STALE_BY_SERVER = Gauge(
+    "nir_reconcile_stale_accounts_by_server",
+    "Accounts each nats-server held an outdated JWT of, at the last reconcile",
+    ["server"],
+)
+
 # -- jobs ------------------------------------------------------------------------------------
 
 JOB_RUNS = Counter("nir_job_runs_total", "Scheduled job runs by job and result", ["job", "result"])
@@ -91,3 +125,6 @@ JOB_LAST_RUN = Gauge(
 )
 JOB_LAST_OK = Gauge("nir_job_last_run_ok", "1 if the job's last run succeeded, else 0", ["job"])
 JOB_LAST_SECONDS = Gauge("nir_job_last_run_duration_seconds", "How long the last run took", ["job"])
+JOB_LEADER = Gauge(
+    "nir_job_leader", "1 while this replica is the one running the scheduled jobs, else 0"
+)

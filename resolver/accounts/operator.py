@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,7 +15,7 @@ from resolver.accounts.signing import (
     plain_signing_key,
     sign_account,
 )
-from resolver.db.models import Account, IssuedUserKey, Operator, OperatorSigningKey
+from resolver.db.models import Account, IssuedUserKey, Operator, OperatorSigningKey, utcnow
 from resolver.errors import NotFoundError
 from resolver.natsjwt import (
     decode,
@@ -36,12 +40,46 @@ async def get_operator(session: AsyncSession) -> Operator:
 
 
 async def operator_signing_keys(session: AsyncSession, operator: Operator) -> list[str]:
-    rows = await session.scalars(
-        select(OperatorSigningKey.public_key)
-        .where(OperatorSigningKey.operator_id == operator.id)
-        .order_by(OperatorSigningKey.id)
+    """The signing keys the operator JWT lists: the active one, the pre-published next one,
+    and a retired one only while a stored account JWT is still signed by it (a rotation
+    re-signing accounts, or an account uploaded with ``nsc push``), so no account the
+    served operator JWT vouches for is ever left with an unknown issuer."""
+    rows = list(
+        await session.scalars(
+            select(OperatorSigningKey)
+            .where(OperatorSigningKey.operator_id == operator.id)
+            .order_by(OperatorSigningKey.id)
+        )
     )
-    return list(rows)
+    retired = {row.public_key for row in rows if row.retired_at is not None}
+    in_use = await account_issuers(session, operator) if retired else set()
+    return [
+        row.public_key for row in rows if row.public_key not in retired or row.public_key in in_use
+    ]
+
+
+async def account_issuers(session: AsyncSession, operator: Operator) -> set[str]:
+    """The issuers (``iss``) of the operator's live, stored account JWTs."""
+    tokens = await session.scalars(
+        select(Account.jwt).where(
+            Account.operator_id == operator.id,
+            Account.deleted_at.is_(None),
+            Account.jwt.is_not(None),
+        )
+    )
+    return {issuer for token in tokens if (issuer := jwt_issuer(token or "")) is not None}
+
+
+def jwt_issuer(token: str) -> str | None:
+    """A stored JWT's ``iss``, read without checking the signature (it was checked when
+    stored); None when it does not parse."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
 
 
 async def resign_operator(
@@ -70,17 +108,14 @@ async def create_operator(
     account_server_url: str,
     account_jwt_ttl: int,
 ) -> Operator:
-    """A new operator with one signing key and a system account, all signed."""
+    """A new operator with an active and a pre-published next signing key (so the first
+    rotation needs no new operator JWT on the servers) and a system account, all signed."""
     op_public, op_seed = new_keypair("operator")
-    sk_public, sk_seed = new_keypair("operator")
     operator = Operator(name=name, public_key=op_public, seed_sealed=sealer.seal(op_seed))
     session.add(operator)
     await session.flush()
-    session.add(
-        OperatorSigningKey(
-            operator_id=operator.id, public_key=sk_public, seed_sealed=sealer.seal(sk_seed)
-        )
-    )
+    session.add(new_operator_signing_key(sealer, operator, activated_at=utcnow()))
+    session.add(new_operator_signing_key(sealer, operator, activated_at=None))
     system = new_account(sealer, operator.id, SYSTEM_ACCOUNT_NAME, spec={}, is_system=True)
     session.add(system)
     operator.system_account_key = system.public_key
@@ -89,6 +124,20 @@ async def create_operator(
     await resign_operator(session, sealer, operator, account_server_url=account_server_url)
     await sign_account(session, sealer, system, ttl_seconds=account_jwt_ttl)
     return operator
+
+
+def new_operator_signing_key(
+    sealer: Sealer, operator: Operator, *, activated_at: datetime | None
+) -> OperatorSigningKey:
+    """A fresh operator signing key (not added): active from ``activated_at``, or the
+    pre-published next key when None."""
+    public, seed = new_keypair("operator")
+    return OperatorSigningKey(
+        operator_id=operator.id,
+        public_key=public,
+        seed_sealed=sealer.seal(seed),
+        activated_at=activated_at,
+    )
 
 
 async def system_account(session: AsyncSession, operator: Operator) -> Account:

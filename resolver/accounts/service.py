@@ -199,6 +199,7 @@ async def create_account(
         "account.create",
         target=public_key,
         details={"name": name, "spec": clean_spec, "signing_key": signing_key.public_key},
+        account=public_key,
     )
     return account
 
@@ -318,6 +319,8 @@ async def issue_workload_creds(
         "account.user.issue",
         target=account.public_key,
         details={"user_key": user_public, "name": name, "expires_at": issued.expires_at},
+        user=name,
+        account=account.public_key,
     )
     return format_creds(token, user_seed), issued
 
@@ -429,10 +432,12 @@ async def revoke_user_key(
         marked = marked & (IssuedUserKey.public_key == user_key)
     else:
         marked = marked & (IssuedUserKey.issued_at <= when)
+    holders: set[str] = set()  # who held the key: the audit row names them
     for issued in await session.scalars(
         select(IssuedUserKey).where(marked, IssuedUserKey.revoked_at.is_(None))
     ):
         issued.revoked_at = when
+        holders.add(issued.name)
     await session.flush()
     await resign_account(session, sealer, settings, account, force=True)
     record(
@@ -446,6 +451,8 @@ async def revoke_user_key(
             "reason": reason,
             "jti": account.jti,
         },
+        user=holders.pop() if user_key != "*" and len(holders) == 1 else None,
+        account=account.public_key,
     )
     return row.revoked_at
 
@@ -486,6 +493,7 @@ async def update_account(
         "account.update",
         target=account.public_key,
         details={"name": account.name, "before": before, "after": clean, "jti": account.jti},
+        account=account.public_key,
     )
     return changed
 
@@ -512,6 +520,7 @@ async def store_account_spec(
         "account.update",
         target=account.public_key,
         details={"name": account.name, "before": before, "after": clean},
+        account=account.public_key,
     )
     return True
 
@@ -553,4 +562,5 @@ async def delete_account(
         "account.delete",
         target=account.public_key,
         details={"name": name, "jti": account.jti, "bindings": [b.id for b in bindings]},
+        account=account.public_key,
     )

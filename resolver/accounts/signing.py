@@ -21,19 +21,35 @@ from resolver.sealing import Sealer
 
 
 async def active_signing_key(session: AsyncSession, operator: Operator) -> OperatorSigningKey:
-    """The newest unretired operator signing key: what account JWTs are signed with."""
+    """The newest activated, unretired operator signing key: what account JWTs are signed
+    with (never the pre-published "next" key, which servers may not trust yet)."""
     key = await session.scalar(
         select(OperatorSigningKey)
         .where(
             OperatorSigningKey.operator_id == operator.id,
+            OperatorSigningKey.activated_at.is_not(None),
             OperatorSigningKey.retired_at.is_(None),
         )
-        .order_by(OperatorSigningKey.id.desc())
+        .order_by(OperatorSigningKey.activated_at.desc(), OperatorSigningKey.id.desc())
         .limit(1)
     )
     if key is None:
         raise NotFoundError("the operator has no active signing key")
     return key
+
+
+async def next_signing_key(session: AsyncSession, operator: Operator) -> OperatorSigningKey | None:
+    """The pre-published operator signing key the next rotation promotes, if there is one."""
+    return await session.scalar(
+        select(OperatorSigningKey)
+        .where(
+            OperatorSigningKey.operator_id == operator.id,
+            OperatorSigningKey.activated_at.is_(None),
+            OperatorSigningKey.retired_at.is_(None),
+        )
+        .order_by(OperatorSigningKey.id.desc())
+        .limit(1)
+    )
 
 
 def new_account(
@@ -68,12 +84,14 @@ async def add_plain_signing_key(
 
 
 async def plain_signing_key(session: AsyncSession, account: Account) -> AccountSigningKey:
-    """The newest unretired plain signing key of ``account`` (signs workload users)."""
+    """The newest current plain signing key of ``account`` (signs workload users); never a
+    rotated (superseded) one, which only stays listed for the users it signed before."""
     key = await session.scalar(
         select(AccountSigningKey)
         .where(
             AccountSigningKey.account_id == account.id,
             AccountSigningKey.role_set.is_(None),
+            AccountSigningKey.superseded_at.is_(None),
             AccountSigningKey.retired_at.is_(None),
         )
         .order_by(AccountSigningKey.id.desc())
@@ -87,7 +105,8 @@ async def plain_signing_key(session: AsyncSession, account: Account) -> AccountS
 async def account_signing_keys(session: AsyncSession, account: Account) -> list[Any]:
     """Signing keys as the account JWT lists them: plain keys and ``user_scope`` keys.
 
-    A retired key is left out, so nats-server disconnects the users it signed.
+    A retired key is left out, so nats-server disconnects the users it signed; a superseded
+    (rotated) key stays, with its template, so they stay connected until their JWTs expire.
     """
     rows = await session.scalars(
         select(AccountSigningKey)

@@ -104,6 +104,7 @@ async def apply_upload(session: AsyncSession, upload: AccountUpload, *, actor: A
             "issuer": decoded.issuer,
             "managed_here": is_managed_here(account),
         },
+        account=account.public_key,
     )
     return account
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from resolver.admin import accounts, binding_views, role_views, user_views
+from resolver.admin import accounts, audit_views, binding_views, job_views, role_views, user_views
 
 
 def setup(app: web.Application) -> None:
@@ -12,3 +12,5 @@ def setup(app: web.Application) -> None:
     role_views.setup(app)
     binding_views.setup(app)
     user_views.setup(app)
+    audit_views.setup(app)
+    job_views.setup(app)

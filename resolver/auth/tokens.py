@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolver.audit.service import Actor, record
 from resolver.db.models import ApiToken, utcnow
 from resolver.errors import ConflictError, NotFoundError, ValidationError
 
@@ -57,8 +58,13 @@ async def create_token(
     *,
     replace: bool = False,
     expires_at: datetime | None = None,
+    actor: Actor | None = None,
 ) -> str:
-    """Store a new token and return its plaintext, which is never stored or shown again."""
+    """Store a new token and return its plaintext, which is never stored or shown again.
+
+    With ``actor`` (the CLI's), an audit row ``token.create`` records it: name, scopes,
+    expiry, never the secret.
+    """
     if not _NAME_RE.match(name):
         raise ValidationError("token name must be 1-200 letters, digits, spaces or ._@:-")
     scope_set = parse_scopes(scopes)
@@ -83,6 +89,13 @@ async def create_token(
         )
     )
     await session.flush()
+    if actor is not None:
+        details = {
+            "scopes": sorted(scope_set),
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "replaced": existing is not None,
+        }
+        record(session, actor, "token.create", name, details)
     return f"{PREFIX}{token_id}_{secret}"
 
 
@@ -101,11 +114,14 @@ async def verify_token(session: AsyncSession, presented: str) -> TokenInfo | Non
     return TokenInfo(name=row.name, scopes=frozenset(row.scopes.split()))
 
 
-async def revoke_token(session: AsyncSession, name: str) -> None:
+async def revoke_token(session: AsyncSession, name: str, *, actor: Actor | None = None) -> None:
+    """Revoke the token ``name``; with ``actor``, audited as ``token.revoke``."""
     row = await session.scalar(select(ApiToken).where(ApiToken.name == name))
     if row is None:
         raise NotFoundError(f"no token named {name!r}")
     row.revoked_at = utcnow()
+    if actor is not None:
+        record(session, actor, "token.revoke", name, {"scopes": row.scopes.split()})
 
 
 async def list_tokens(session: AsyncSession) -> list[ApiToken]:

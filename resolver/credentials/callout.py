@@ -64,13 +64,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resolver.audit.service import record
+from resolver.audit.service import account_key_of, record
 from resolver.credentials.callout_keys import CalloutKeys
 from resolver.credentials.exchange import (
     Ask,
     CredentialRequest,
     IssuedCredentials,
     refusal_actor,
+    refused_user,
 )
 from resolver.credentials.identity import Identity, IdentityVerifier
 from resolver.credentials.issuer import CredentialIssuer
@@ -290,7 +291,7 @@ async def decide(
         raise CalloutRefusedError(str(exc), identity, code=exc.code) from None
 
 
-def record_refusal(
+async def record_refusal(
     session: AsyncSession,
     request: AuthRequest,
     refusal: CalloutRefusedError,
@@ -304,4 +305,11 @@ def record_refusal(
     if identity is not None:
         details |= {"idp": identity.idp, "subject": identity.subject}
     actor = refusal_actor(identity, source=request.client_host, request_id=request_id)
-    record(session, actor, "credentials.refuse", details=details)
+    record(
+        session,
+        actor,
+        "credentials.refuse",
+        details=details,
+        user=await refused_user(session, identity),
+        account=await account_key_of(session, request.account),
+    )

@@ -249,7 +249,7 @@ class CalloutService:
     async def _audit_refusal(self, request: AuthRequest, refusal: CalloutRefusedError) -> None:
         try:
             async with self._app[SESSIONMAKER]() as session, session.begin():
-                record_refusal(session, request, refusal, request_id=request_id_var.get())
+                await record_refusal(session, request, refusal, request_id=request_id_var.get())
         except Exception:
             # The client is refused either way; a lost audit row must not become a timeout.
             log.exception("could not audit a refused callout")

@@ -155,6 +155,7 @@ async def setup_auth_callout(
             "xkey": xkey_public,
             "sentinel": sentinel_public,
         },
+        account=account.public_key,
     )
     return CalloutSetup(
         account_name=name,

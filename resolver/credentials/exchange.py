@@ -45,7 +45,7 @@ from resolver.accounts.service import (
     record_issued_keys,
     resign_account,
 )
-from resolver.audit.service import Actor, record_all
+from resolver.audit.service import Actor, AuditRow, record_all
 from resolver.config import Settings
 from resolver.credentials.identity import Identity
 from resolver.db.models import (
@@ -721,6 +721,8 @@ _KEYS_UNDER_LOCK = union_all(
     ).where(
         AccountSigningKey.account_id.in_(bindparam("account_ids", expanding=True)),
         AccountSigningKey.role_set.in_(bindparam("role_sets", expanding=True)),
+        # Rotated keys sign nothing new (see ``resolver.accounts.rotation``).
+        AccountSigningKey.superseded_at.is_(None),
         AccountSigningKey.retired_at.is_(None),
     ),
 )
@@ -950,7 +952,16 @@ async def _sign_and_record(
             "signing_key": key.public_key,
             "expires_at": row["expires_at"],
         }
-        audit.append((actor, "credentials.issue", account.public_key, details))
+        audit.append(
+            AuditRow(
+                actor,
+                "credentials.issue",
+                account.public_key,
+                details,
+                plan.name,
+                account.public_key,
+            )
+        )
         done[index] = IssuedCredentials(
             jwt=signed.jwt,
             creds=signed.creds,
@@ -990,3 +1001,20 @@ def refusal_actor(
         request_id=request_id,
         source=source,
     )
+
+
+async def refused_user(session: AsyncSession, identity: Identity | None) -> str | None:
+    """The ``user`` of a refusal's audit row: the SCIM userName of the person the token
+    names (so ``?user=alice`` finds her refusals next to her credentials, whichever claim
+    the IdP maps), else the token's own value, or the workload's name. One read, on the
+    refusal path only."""
+    if identity is None:
+        return None
+    named = _user_key(identity)
+    if named is None:
+        return identity.workload_name
+    attribute, value = named
+    found = await session.scalar(
+        select(User.user_name).where(_PERSON_COLUMNS[attribute] == value).limit(1)
+    )
+    return found or identity.user_value

@@ -14,12 +14,13 @@ from aiohttp import web
 
 from resolver.admin.bodies import json_object, optional_str
 from resolver.appkeys import CREDENTIAL_ISSUER, IDENTITY_VERIFIER, SESSIONMAKER
-from resolver.audit.service import record
+from resolver.audit.service import account_key_of, record
 from resolver.credentials.exchange import (
     Ask,
     CredentialRequest,
     IssuedCredentials,
     refusal_actor,
+    refused_user,
 )
 from resolver.credentials.identity import PROXY_IDP, Identity
 from resolver.durations import parse_duration
@@ -81,7 +82,7 @@ async def _issue(request: web.Request, wanted: CredentialRequest) -> IssuedCrede
         )
         issued = await app[CREDENTIAL_ISSUER].issue(ask)
     except (AuthenticationError, PermissionDeniedError, ConflictError) as exc:
-        await _audit_refusal(request, identity, exc)
+        await _audit_refusal(request, identity, wanted, exc)
         raise
     if issued.new_signing_key:
         # Servers with the account loaded learn the new scoped key only by a push: wait
@@ -92,7 +93,10 @@ async def _issue(request: web.Request, wanted: CredentialRequest) -> IssuedCrede
 
 
 async def _audit_refusal(
-    request: web.Request, identity: Identity | None, exc: ResolverError
+    request: web.Request,
+    identity: Identity | None,
+    wanted: CredentialRequest,
+    exc: ResolverError,
 ) -> None:
     via = "proxy" if identity is not None and identity.idp == PROXY_IDP else "token"
     CREDENTIALS_REFUSED.labels(via, exc.code).inc()
@@ -101,7 +105,14 @@ async def _audit_refusal(
     if identity is not None:
         details |= {"idp": identity.idp, "subject": identity.subject}
     async with request.app[SESSIONMAKER]() as session, session.begin():
-        record(session, actor, "credentials.refuse", details=details)
+        record(
+            session,
+            actor,
+            "credentials.refuse",
+            details=details,
+            user=await refused_user(session, identity),
+            account=await account_key_of(session, wanted.account),
+        )
     log.info("credentials refused for %s: %s", actor.name, exc)
 
 

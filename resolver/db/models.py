@@ -98,6 +98,9 @@ class OperatorSigningKey(Base):
     public_key: Mapped[str] = mapped_column(NKEY, unique=True)
     seed_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: When it began signing account JWTs; null for the pre-published "next" key, which
+    #: the operator JWT lists so that servers trust it before a rotation promotes it.
+    activated_at: Mapped[datetime | None]
     #: A retired key stays listed in the operator JWT until accounts it signed are re-signed.
     retired_at: Mapped[datetime | None]
 
@@ -137,6 +140,10 @@ class AccountSigningKey(Base):
     #: The ``user_scope`` template (permissions and limits) compiled from the roles.
     template: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Rotated: signs no new user JWT, but stays in the account JWT (its users stay
+    #: connected) until every user JWT it signed has expired; then it is retired.
+    superseded_at: Mapped[datetime | None]
+    #: Left out of the account JWT: nats-server drops the users it signed.
     retired_at: Mapped[datetime | None]
 
 
@@ -242,6 +249,8 @@ class IssuedUserKey(Base):
         # Both columns: "was this key issued in this account" is on every credentials
         # request, and with account_id alone the planner walks all the account's keys.
         Index("ix_issued_user_keys_public_key_account", "public_key", "account_id"),
+        # "Does a live user JWT signed by this (rotated) key remain?" (key rotation).
+        Index("ix_issued_user_keys_signing_key_expires_at", "signing_key", "expires_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -322,6 +331,8 @@ class AuditEntry(Base):
         Index("ix_audit_log_actor_at", "actor", "at"),
         Index("ix_audit_log_action_at", "action", "at"),
         Index("ix_audit_log_target_at", "target", "at"),
+        Index("ix_audit_log_user_name_at", "user_name", "at"),
+        Index("ix_audit_log_account_key_at", "account_key", "at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -331,6 +342,11 @@ class AuditEntry(Base):
     target: Mapped[str | None] = mapped_column(String(256))
     request_id: Mapped[str | None] = mapped_column(String(100))
     source: Mapped[str | None] = mapped_column(String(100))
+    #: The person or workload the row is about (SCIM userName, or the name in the user
+    #: JWT), as it was then: what an auditor filters by.
+    user_name: Mapped[str | None] = mapped_column(String(256))
+    #: Public key of the NATS account the row is about.
+    account_key: Mapped[str | None] = mapped_column(NKEY)
     #: What changed (claims diff, member ids...). Never a secret.
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
@@ -371,3 +387,23 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class JobRun(Base):
+    """Each scheduled job's last run, whichever replica ran it (resolver.jobs.runs)."""
+
+    __tablename__ = "job_runs"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    ok: Mapped[bool]
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    #: What the run did, as the job put it ("re-signed 3 account(s)"). Never a secret.
+    summary: Mapped[str | None] = mapped_column(String(500))
+    #: The exception's class name when the run failed: never its message or traceback.
+    error: Mapped[str | None] = mapped_column(String(200))
+    #: ``hostname:pid`` of the replica that ran it.
+    replica: Mapped[str] = mapped_column(String(255))
+    #: When a run last succeeded (a failure does not clear it).
+    last_ok_at: Mapped[datetime | None]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from resolver.jobs import bindings, prune, resign, scheduler, wal_checkpoint
+from resolver.jobs import (
+    audit_retention,
+    bindings,
+    prune,
+    reconcile,
+    resign,
+    rotate,
+    scheduler,
+    wal_checkpoint,
+)
 
 
 def setup(app: web.Application) -> None:
@@ -15,3 +24,6 @@ def setup(app: web.Application) -> None:
     resign.setup(app)
     bindings.setup(app)
     prune.setup(app)
+    audit_retention.setup(app)
+    rotate.setup(app)
+    reconcile.setup(app)

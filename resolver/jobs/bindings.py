@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from resolver.appkeys import SEALER, SESSIONMAKER, SETTINGS
 from resolver.audit.service import SYSTEM, record
 from resolver.config import Settings
-from resolver.db.models import Binding, utcnow
+from resolver.db.models import Account, Binding, utcnow
 from resolver.http.pushing import wake_pusher
 from resolver.jobs.scheduler import add_job
 from resolver.policy.deprovision import revoke_binding_members
@@ -85,6 +85,9 @@ async def lapse_ended_bindings(
                     "members": members,
                     "accounts_resigned": sorted(resigned),
                 },
+                account=await session.scalar(
+                    select(Account.public_key).where(Account.id == binding.account_id)
+                ),
             )
             handled.append(binding_id)
     if handled:
@@ -92,9 +95,11 @@ async def lapse_ended_bindings(
     return handled
 
 
-async def run(app: web.Application) -> None:
-    if await lapse_ended_bindings(app[SESSIONMAKER], app[SEALER], app[SETTINGS]):
+async def run(app: web.Application) -> str:
+    handled = await lapse_ended_bindings(app[SESSIONMAKER], app[SEALER], app[SETTINGS])
+    if handled:
         wake_pusher(app)
+    return f"handled {len(handled)} ended binding(s)"
 
 
 def setup(app: web.Application) -> None:

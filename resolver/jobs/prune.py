@@ -69,6 +69,7 @@ async def prune_revocations(
                     "user_keys": keys[:AUDIT_KEYS],
                     "jti": account.jti,
                 },
+                account=account.public_key,
             )
             pruned[account.public_key] = len(keys)
     if pruned:
@@ -78,9 +79,11 @@ async def prune_revocations(
     return pruned
 
 
-async def run(app: web.Application) -> None:
-    if await prune_revocations(app[SESSIONMAKER], app[SEALER], app[SETTINGS]):
+async def run(app: web.Application) -> str:
+    pruned = await prune_revocations(app[SESSIONMAKER], app[SEALER], app[SETTINGS])
+    if pruned:
         wake_pusher(app)
+    return f"pruned {sum(pruned.values())} revocation(s) in {len(pruned)} account(s)"
 
 
 def setup(app: web.Application) -> None:

@@ -74,6 +74,7 @@ async def resign_expiring_accounts(
                     "account.resign",
                     target=key,
                     details={"reason": "expiry", "old_exp": old_exp, "exp": account.expires_at},
+                    account=key,
                 )
                 resigned.append(key)
     if resigned:
@@ -81,9 +82,11 @@ async def resign_expiring_accounts(
     return resigned
 
 
-async def run(app: web.Application) -> None:
-    if await resign_expiring_accounts(app[SESSIONMAKER], app[SEALER], app[SETTINGS]):
+async def run(app: web.Application) -> str:
+    resigned = await resign_expiring_accounts(app[SESSIONMAKER], app[SEALER], app[SETTINGS])
+    if resigned:
         wake_pusher(app)
+    return f"re-signed {len(resigned)} account(s)"
 
 
 def setup(app: web.Application) -> None:

@@ -2,7 +2,13 @@
 
 Features register jobs with ``add_job`` during ``setup``; the scheduler starts them when the
 app starts. A job is an ``async`` function of the app that opens its own transaction(s), so
-a failing job never leaves anything half-written and never stops the scheduler.
+a failing job never leaves anything half-written and never stops the scheduler; what it
+returns is its run's summary (``resolver.jobs.runs``).
+
+Every replica schedules every job, but a shared job (``leader_only``, the default) only runs
+on the replica that is the job leader (``resolver.jobs.leader``); the others skip it, which
+costs one attribute read. Per-process jobs (the SQLite WAL checkpoint) run everywhere. Each
+run of a shared job is recorded in ``job_runs`` for every replica to show.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from resolver.appkeys import JOB_LEADER, SESSIONMAKER
+from resolver.jobs import leader
+from resolver.jobs.runs import RunRecord, error_name, save_run, summarize
 from resolver.metrics import JOB_LAST_OK, JOB_LAST_RUN, JOB_LAST_SECONDS, JOB_RUNS
 
 log = logging.getLogger(__name__)
@@ -32,10 +41,14 @@ class JobSpec:
     every_seconds: float
     #: Delay before the first run: start-up is busy enough, and tests rarely live this long.
     first_run_after: float
+    #: Shared work, run by the job leader only; False: every process runs its own.
+    leader_only: bool = True
 
 
 JOBS = web.AppKey("jobs", list[JobSpec])
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
+#: Each job's last run in this process (shared jobs' runs are in ``job_runs`` too).
+LAST_RUNS = web.AppKey("job_last_runs", dict[str, RunRecord])
 
 
 def add_job(
@@ -45,42 +58,88 @@ def add_job(
     *,
     every_seconds: float,
     first_run_after: float | None = None,
+    leader_only: bool = True,
 ) -> None:
-    """Run ``func(app)`` every ``every_seconds`` once the app has started."""
+    """Run ``func(app)`` every ``every_seconds`` once the app has started: on the job
+    leader only, unless ``leader_only`` is False (work each process must do itself)."""
     specs = app.setdefault(JOBS, [])
     if any(spec.name == name for spec in specs):
         raise ValueError(f"job {name!r} is registered twice")
     first = min(60.0, every_seconds) if first_run_after is None else first_run_after
-    specs.append(JobSpec(name, func, every_seconds, first))
+    specs.append(JobSpec(name, func, every_seconds, first, leader_only))
 
 
 def _logged(
     spec: JobSpec, app: web.Application, running: set[asyncio.Task[object]]
 ) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
+        elected = app.get(JOB_LEADER)
+        if spec.leader_only and elected is not None and not elected.is_leader:
+            return  # another replica runs it
         task = asyncio.current_task()
         if task is not None:
             running.add(task)
-        started = time.monotonic()
-        ok = False
         try:
-            await spec.func(app)
-            ok = True
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The next run retries; the traceback goes to the log, never to a client.
-            log.exception("job %s failed", spec.name)
+            await _run_and_record(spec, app)
         finally:
             if task is not None:
                 running.discard(task)
-        # Not for a cancelled run (shutdown): it neither succeeded nor failed.
-        JOB_RUNS.labels(spec.name, "ok" if ok else "failed").inc()
-        JOB_LAST_RUN.labels(spec.name).set(time.time())
-        JOB_LAST_OK.labels(spec.name).set(1 if ok else 0)
-        JOB_LAST_SECONDS.labels(spec.name).set(time.monotonic() - started)
 
     return run
+
+
+async def _run_and_record(spec: JobSpec, app: web.Application) -> None:
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    ok = False
+    result: object = None
+    error = None
+    try:
+        result = await spec.func(app)
+        ok = True
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # The next run retries; the traceback goes to the log, never to a client.
+        log.exception("job %s failed", spec.name)
+        error = error_name(exc)
+    # Not for a cancelled run (shutdown): it neither succeeded nor failed.
+    seconds = time.monotonic() - started
+    JOB_RUNS.labels(spec.name, "ok" if ok else "failed").inc()
+    JOB_LAST_RUN.labels(spec.name).set(time.time())
+    JOB_LAST_OK.labels(spec.name).set(1 if ok else 0)
+    JOB_LAST_SECONDS.labels(spec.name).set(seconds)
+    finished_at = datetime.now(UTC)
+    runs = app.get(LAST_RUNS)
+    previous = runs.get(spec.name) if runs is not None else None
+    record = RunRecord(
+        name=spec.name,
+        started_at=started_at,
+        finished_at=finished_at,
+        ok=ok,
+        duration_ms=round(seconds * 1000),
+        summary=summarize(result),
+        error=error,
+        replica=leader.replica_name(),
+        last_ok_at=finished_at if ok else (previous.last_ok_at if previous else None),
+    )
+    if runs is not None:
+        runs[spec.name] = record
+    if spec.leader_only:
+        await _save(app, record)
+
+
+async def _save(app: web.Application, record: RunRecord) -> None:
+    sessions = app.get(SESSIONMAKER)
+    if sessions is None:
+        return
+    try:
+        async with sessions() as session, session.begin():
+            await save_run(session, record)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the run happened; only its record is missing
+        log.warning("job %s: its run could not be recorded: %s", record.name, type(exc).__name__)
 
 
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -112,4 +171,7 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
+    app[LAST_RUNS] = {}
+    # The leader's context first, so it outlives the scheduler's: no job runs unelected.
+    leader.setup(app)
     app.cleanup_ctx.append(scheduler_ctx)

@@ -57,4 +57,12 @@ def setup(app: web.Application) -> None:
     # An in-memory database has no log to copy.
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         app.cleanup_ctx.append(checkpointer_ctx)
-        add_job(app, "wal_checkpoint", run, every_seconds=EVERY_SECONDS, first_run_after=1.0)
+        # Per process: it is this process's log to copy (and SQLite has no other replica).
+        add_job(
+            app,
+            "wal_checkpoint",
+            run,
+            every_seconds=EVERY_SECONDS,
+            first_run_after=1.0,
+            leader_only=False,
+        )

@@ -122,20 +122,24 @@ async def _scoped_role_sets(
 
 async def _live_keys(
     session: AsyncSession, account_id: int, users: Sequence[str], now: int
-) -> list[tuple[str, str, str]]:
-    """(user key, user id, signing key) of every live key issued to ``users`` here."""
-    live: list[tuple[str, str, str]] = []
+) -> list[tuple[str, str, str, str]]:
+    """(user key, user id, signing key, holder name) of every live key issued to ``users``
+    here; the name is the JWT's (the userName then), for the audit row."""
+    live: list[tuple[str, str, str, str]] = []
     for chunk in chunks(users):
         rows = await session.execute(
             select(
-                IssuedUserKey.public_key, IssuedUserKey.user_id, IssuedUserKey.signing_key
+                IssuedUserKey.public_key,
+                IssuedUserKey.user_id,
+                IssuedUserKey.signing_key,
+                IssuedUserKey.name,
             ).where(
                 IssuedUserKey.account_id == account_id,
                 IssuedUserKey.user_id.in_(chunk),
                 _live(now),
             )
         )
-        live.extend((key, user, signer) for key, user, signer in rows)
+        live.extend((key, user, signer, name) for key, user, signer, name in rows)
     return live
 
 
@@ -201,7 +205,7 @@ async def revoke_lost_access(
         on_claims = await _live_claim_keys(session, account_id, claims.get(account_id, ()), when)
         if not live and not on_claims:
             continue  # nothing was issued to them here: nothing to cut
-        holders = sorted({user for _, user, _ in live} - gone)
+        holders = sorted({user for _, user, _, _ in live} - gone)
         reaching = await account_role_sets(
             session,
             account_id,
@@ -209,9 +213,10 @@ async def revoke_lost_access(
             exclude_bindings=exclude_bindings,
             exclude_groups=exclude_groups,
         )
-        scoped = await _scoped_role_sets(session, {signer for _, _, signer in live})
+        scoped = await _scoped_role_sets(session, {signer for _, _, signer, _ in live})
+        names = {key: name for key, _, _, name in live} | on_claims
         doomed: dict[str, str] = {}
-        for key, user, signer in live:
+        for key, user, signer, _ in live:
             roles = reaching.get(user)
             if roles is None:
                 doomed[key] = user  # lost the account
@@ -237,6 +242,7 @@ async def revoke_lost_access(
         await resign_account(session, sealer, settings, account, force=True)
         resigned.add(account_id)
         users_cut = sorted(set(doomed.values()))
+        names_cut = sorted({names[key] for key in keys})
         record(
             session,
             actor,
@@ -249,8 +255,12 @@ async def revoke_lost_access(
                 "count": len(keys),
                 "user_keys": keys[:AUDIT_KEYS],
                 "users": users_cut[:AUDIT_KEYS],
+                "names": names_cut[:AUDIT_KEYS],
                 "jti": account.jti,
             },
+            # One person's deprovision (the usual case) names them; a group's lists them.
+            user=names_cut[0] if len(names_cut) == 1 else None,
+            account=account.public_key,
         )
         log.info(
             "revoked %d user key(s) of %d user(s) in account %s: %s",

@@ -260,8 +260,15 @@ async def create_binding(
         "policy.binding.create",
         str(binding.id),
         {**spec.to_dict(), "account": account.name},
+        account=account.public_key,
     )
     return binding
+
+
+async def _account_key(session: AsyncSession, account_id: int) -> str | None:
+    """The public key of a binding's account, for its audit rows (usually already loaded)."""
+    account = await session.get(Account, account_id)
+    return account.public_key if account is not None else None
 
 
 def _same(column: Any, value: Any) -> Any:
@@ -315,7 +322,14 @@ async def drop_binding(
         "group": binding.group_name,
         "claim": [binding.claim_name, binding.claim_value] if binding.claim_name else None,
     }
-    record(session, actor, "policy.binding.delete", str(binding.id), details)
+    record(
+        session,
+        actor,
+        "policy.binding.delete",
+        str(binding.id),
+        details,
+        account=await _account_key(session, binding.account_id),
+    )
     await session.delete(binding)
     await session.flush()
 
@@ -362,6 +376,7 @@ async def store_binding_end(
             "before": before.isoformat() if before else None,
             "ends_at": ends_at.isoformat() if ends_at else None,
         },
+        account=await _account_key(session, binding.account_id),
     )
     return True
 

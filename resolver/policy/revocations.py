@@ -291,6 +291,7 @@ def _report(
             "reissue_count": len(done.reissue),
             "reissue": done.reissue[:AUDIT_REISSUE],
         },
+        account=account.public_key,
     )
     if done.folded:
         shown = ", ".join(

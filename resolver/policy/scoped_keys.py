@@ -23,6 +23,8 @@ _ROLES = select(Role).where(Role.name.in_(bindparam("names", expanding=True)))
 _SCOPED_KEY = select(AccountSigningKey).where(
     AccountSigningKey.account_id == bindparam("account_id"),
     AccountSigningKey.role_set == bindparam("role_set"),
+    # A rotated key signs no new user JWT (it only stays listed for the ones it signed).
+    AccountSigningKey.superseded_at.is_(None),
     AccountSigningKey.retired_at.is_(None),
 )
 

@@ -158,6 +158,8 @@ async def issue_person_creds(
             "signing_key": issued.signing_key,
             "expires_at": issued.expires_at,
         },
+        user=user.user_name,
+        account=account.public_key,
     )
     return PersonCreds(
         jwt=signed.jwt,

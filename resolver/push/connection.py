@@ -218,6 +218,38 @@ class SystemConnection:
             with contextlib.suppress(Exception):
                 await self._client.close()
 
+    async def request_all(
+        self, subject: str, payload: bytes, gather_for: float, *, expect: int | None = None
+    ) -> list[bytes]:
+        """Send a ``$SYS`` request every server answers; the bodies of the replies gathered
+        for ``gather_for`` s at most, or until ``expect`` of them came. Read-only requests
+        (``resolver.push.probe``): claim updates go through ``push_claims`` only."""
+        client = self._client
+        if client is None or not client.is_connected:
+            raise PushUnavailableError("not connected to NATS")
+        inbox = client.new_inbox()
+        bodies: list[bytes] = []
+        enough = asyncio.Event()
+
+        async def collect(msg: Msg) -> None:
+            bodies.append(msg.data)
+            if expect is not None and len(bodies) >= expect:
+                enough.set()
+
+        try:
+            sub = await client.subscribe(inbox, cb=collect)
+            try:
+                await client.publish(subject, payload, reply=inbox)
+                await client.flush(timeout=max(1, int(gather_for + 0.999)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(enough.wait(), gather_for)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        except (NatsError, OSError, TimeoutError) as exc:
+            raise PushUnavailableError(f"request failed: {type(exc).__name__}") from None
+        return list(bodies)
+
     async def push_claims(self, account_key: str, jwt: str, gather_for: float) -> list[ServerReply]:
         """Send ``jwt`` on both update subjects; the replies, gathered for ``gather_for`` s at
         most, or until every server that answered earlier pushes has answered this one.

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from resolver.audit.service import SYSTEM, record
 from resolver.db.models import PushOutbox, utcnow
 from resolver.metrics import PUSH_SERVER_REPLIES, PUSHES
 from resolver.push.connection import PushRejectedError, PushUnavailableError, ServerReply
@@ -318,6 +319,7 @@ class Pusher:
                 .where(PushOutbox.id == row.id, PushOutbox.status == PENDING)
                 .values(attempts=attempts, **values)
             )
+            _audit(session, outcome, attempts)
 
     async def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS:
@@ -351,6 +353,25 @@ def _claimed(row: PushOutbox) -> ClaimedRow:
     return ClaimedRow(
         id=row.id, account_key=row.account_key, jwt=row.jwt, jti=row.jti, attempts=row.attempts
     )
+
+
+def _audit(session: AsyncSession, outcome: PushOutcome, attempts: int) -> None:
+    """The push result's audit row: delivered (with each server's answer), given up, or
+    the first failure of a retried push (later retries of it would only repeat that one)."""
+    row = outcome.row
+    details: dict[str, Any] = {"jti": row.jti, "attempts": attempts}
+    if outcome.failure is None:
+        action = "push.done"
+        details["servers"] = [
+            {"server": r.server, "code": r.code, "result": r.result} for r in outcome.replies
+        ]
+        details["errors"] = summarize_errors(outcome.replies)
+    elif outcome.permanent or attempts == 1:
+        action = "push.failed" if outcome.permanent else "push.retry"
+        details["error"] = outcome.failure
+    else:
+        return
+    record(session, SYSTEM, action, row.account_key, details, account=row.account_key)
 
 
 def _log_pushed(row: ClaimedRow, replies: list[ServerReply]) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolver.audit.service import Actor, record
+from resolver.db.models import User
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class UserDeactivated:
     """``active`` went from true to false (Entra's and Okta's way to deprovision)."""
 
     user_id: str
+    #: The userName, for the audit row.
+    user_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,8 @@ class UserDeleted:
 
     user_id: str
     group_ids: tuple[str, ...] = ()
+    #: The userName, for the audit row.
+    user_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +86,40 @@ async def audit_hook(session: AsyncSession, actor: Actor, event: ScimEvent) -> N
     """The default hook: one audit row per event, under the SCIM token's name and request id."""
     if isinstance(event, MembershipChanged):
         if event.added or event.removed:
+            changed = (*event.added, *event.removed)
+            # IdPs change one member per request most of the time: that row names the
+            # person, so ``?user=`` finds it (one primary-key read). A bulk change lists ids.
+            user = (
+                await session.scalar(select(User.user_name).where(User.id == changed[0]))
+                if len(changed) == 1
+                else None
+            )
             record(
                 session,
                 actor,
                 "scim.group.members",
                 event.group_id,
                 {"added": list(event.added), "removed": list(event.removed)},
+                user=user,
             )
     elif isinstance(event, UserDeactivated):
-        record(session, actor, "scim.user.deactivate", event.user_id)
+        record(
+            session,
+            actor,
+            "scim.user.deactivate",
+            event.user_id,
+            {"userName": event.user_name},
+            user=event.user_name,
+        )
     elif isinstance(event, UserDeleted):
-        record(session, actor, "scim.user.delete", event.user_id, {"groups": list(event.group_ids)})
+        record(
+            session,
+            actor,
+            "scim.user.delete",
+            event.user_id,
+            {"groups": list(event.group_ids), "userName": event.user_name},
+            user=event.user_name,
+        )
     elif isinstance(event, GroupDeleted):
         record(session, actor, "scim.group.delete", event.group_id)
 

@@ -58,7 +58,14 @@ class UserStore(ResourceStore[User]):
             setattr(row, key, value)
         self.session.add(row)
         # Audited before the flush: one round trip writes both rows (the id is ours already).
-        record(self.session, writer.actor, "scim.user.create", row.id, {"userName": row.user_name})
+        record(
+            self.session,
+            writer.actor,
+            "scim.user.create",
+            row.id,
+            {"userName": row.user_name},
+            user=row.user_name,
+        )
         await flush_unique(self.session, f"userName {row.user_name!r}")
         return row
 
@@ -86,9 +93,17 @@ class UserStore(ResourceStore[User]):
             setattr(row, key, value)
         row.resource = doc
         await flush_unique(self.session, f"userName {row.user_name!r}")
-        record(self.session, writer.actor, action, row.id, {"userName": row.user_name})
+        record(
+            self.session,
+            writer.actor,
+            action,
+            row.id,
+            {"userName": row.user_name},
+            user=row.user_name,
+        )
         if was_active and not row.active:
-            await writer.hooks.dispatch(self.session, writer.actor, UserDeactivated(row.id))
+            event = UserDeactivated(row.id, row.user_name)
+            await writer.hooks.dispatch(self.session, writer.actor, event)
         return row
 
     async def replace(self, user_id: str, payload: Any, if_match: list[str] | None) -> User:
@@ -115,7 +130,9 @@ class UserStore(ResourceStore[User]):
                 select(GroupMember.group_id).where(GroupMember.user_id == row.id)
             )
         )
-        await writer.hooks.dispatch(self.session, writer.actor, UserDeleted(row.id, group_ids))
+        await writer.hooks.dispatch(
+            self.session, writer.actor, UserDeleted(row.id, group_ids, row.user_name)
+        )
         await self.session.execute(
             delete(User).where(User.id == row.id).execution_options(synchronize_session=False)
         )

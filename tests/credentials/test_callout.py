@@ -259,6 +259,7 @@ async def test_an_encrypted_request_with_a_valid_token_gets_an_encrypted_user_jw
     assert "aud" not in user.claims
     [entry] = await audit(sessions, "credentials.issue")
     assert entry.actor == "alice" and entry.source == "192.0.2.7"
+    assert (entry.user_name, entry.account_key) == ("alice", orders)
     assert entry.details["via"] == "callout" and entry.details["user_key"] == user_nkey
     assert token not in str(entry.details)
     assert entry.request_id and entry.request_id.startswith("callout-")
@@ -362,6 +363,13 @@ async def test_refusals_answer_with_an_error_and_are_audited(
         assert entry.actor != "anonymous" and entry.details["idp"] == "corp"
     else:
         assert entry.actor == "anonymous"
+    # The person the token names (by userName when SCIM knows them); nobody without one.
+    user = {"unknown user": "zed@example.com", "inactive": "dave", "no binding": "carol"}.get(
+        case, "alice" if verified else None
+    )
+    assert entry.user_name == user
+    # The account the client asked for, if it exists (NOPE does not).
+    assert entry.account_key is None
 
 
 async def test_a_request_that_queued_too_long_is_refused_without_a_decision(

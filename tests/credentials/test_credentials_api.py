@@ -94,6 +94,7 @@ async def test_a_person_trades_an_idp_token_for_a_short_lived_user_jwt(
     assert issued.expires_at == claims["exp"]
     [entry] = await audit(sessions, "credentials.issue")
     assert entry.actor == "alice" and entry.target == orders.public_key
+    assert (entry.user_name, entry.account_key) == ("alice", orders.public_key)
     assert entry.details["via"] == "token" and entry.details["idp"] == "corp"
     assert entry.details["user_key"] == public and token not in str(entry.details)
 
@@ -134,22 +135,32 @@ async def test_accounts_and_role_sets_are_chosen_within_what_is_held(
 
 
 @pytest.mark.parametrize(
-    ("email", "reason"),
+    ("email", "reason", "user"),
     [
-        ("dave@example.com", "inactive"),
-        ("carol@example.com", "no binding to any account"),
-        ("mallory@example.com", "no SCIM user"),
+        # A known person is named by their userName (the token carried their e-mail).
+        ("Dave@example.com", "inactive", "dave"),
+        ("carol@example.com", "no binding to any account", "carol"),
+        ("mallory@example.com", "no SCIM user", "mallory@example.com"),
     ],
 )
 async def test_inactive_unbound_and_unknown_people_are_refused(
-    client: TestClient, sessions: Sessions, world: World, idp: IdpStandIn, email: str, reason: str
+    client: TestClient,
+    sessions: Sessions,
+    world: World,
+    idp: IdpStandIn,
+    email: str,
+    reason: str,
+    user: str,
 ) -> None:
     token = idp.token("00u-x", email=email)
-    status, body, _ = await post(client, token, {"public_key": new_keypair("user")[0]})
+    wanted = {"public_key": new_keypair("user")[0], "account": "ORDERS"}
+    status, body, _ = await post(client, token, wanted)
     assert status == 403 and reason in body["message"], body
     assert await issued_count(sessions) == 0
     [entry] = await audit(sessions, "credentials.refuse")
     assert reason in entry.details["reason"] and entry.details["idp"] == "corp"
+    orders = await account_of(sessions, "ORDERS")
+    assert (entry.user_name, entry.account_key) == (user, orders.public_key)
 
 
 async def test_a_workload_reaches_an_account_by_a_token_claim_and_never_outlives_the_token(

@@ -18,7 +18,7 @@ from resolver.accounts.service import (
     get_account,
     record_issued_keys,
 )
-from resolver.audit.service import Actor, record_all
+from resolver.audit.service import Actor, AuditRow, record_all
 from resolver.credentials import exchange
 from resolver.db.models import AuditEntry, Binding, IssuedUserKey, Role
 from resolver.db.statements import CoreStatements, SqliteStatements, statements_on
@@ -155,10 +155,14 @@ async def test_rows_written_on_sqlite3_read_back_as_sqlalchemy_would_have_writte
     details = {"via": "token", "roles": ["writer"], "nested": {"n": 1, "none": None}}
     async with sessions() as session, session.begin():
         orders = await get_account(session, "ORDERS")
+        orders_key = orders.public_key
         core, raw = await _both(session)
         ids = await record_issued_keys(raw, [_issued(orders.id, key) for key in keys], ids=True)
-        await record_all(raw, [(Actor("alice", "rid", "127.0.0.1"), "t.raw", "A1", details)])
-        await record_all(core, [(Actor("alice", "rid", "127.0.0.1"), "t.core", "A1", details)])
+        actor = Actor("alice", "rid", "127.0.0.1")
+        await record_all(raw, [AuditRow(actor, "t.raw", "A1", details, "alice", orders.public_key)])
+        await record_all(
+            core, [AuditRow(actor, "t.core", "A1", details, "alice", orders.public_key)]
+        )
     async with sessions() as session:
         by_id = {k.id: k.public_key for k in await session.scalars(select(IssuedUserKey))}
         assert [by_id[i] for i in ids] == keys  # the ids, in the rows' order
@@ -173,6 +177,8 @@ async def test_rows_written_on_sqlite3_read_back_as_sqlalchemy_would_have_writte
         "127.0.0.1",
         "A1",
     )
+    assert (raw_entry.user_name, raw_entry.account_key) == ("alice", orders_key)
+    assert (core_entry.user_name, core_entry.account_key) == ("alice", orders_key)
     # Stored alike: SQLite compares ``at`` as text, so the two must have one shape.
     query = text("SELECT action, at FROM audit_log WHERE action LIKE 't.%'")
     async with sessions() as session:

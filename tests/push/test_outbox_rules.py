@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resolver.db.engine import create_sessionmaker
-from resolver.db.models import PushOutbox, utcnow
+from resolver.db.models import AuditEntry, PushOutbox, utcnow
 from resolver.push.connection import (
     PushRejectedError,
     PushUnavailableError,
@@ -81,6 +81,12 @@ async def _queue(sessions: async_sessionmaker[AsyncSession], *items: tuple[str, 
             enqueue_push(session, account_key, jwt, f"jti-{jwt}")
 
 
+async def _push_audit(sessions: async_sessionmaker[AsyncSession]) -> list[AuditEntry]:
+    async with sessions() as session:
+        query = select(AuditEntry).where(AuditEntry.action.like("push.%"))
+        return list(await session.scalars(query.order_by(AuditEntry.id)))
+
+
 async def _rows(sessions: async_sessionmaker[AsyncSession]) -> list[PushOutbox]:
     async with sessions() as session:
         return list(await session.scalars(select(PushOutbox).order_by(PushOutbox.id)))
@@ -138,6 +144,19 @@ async def test_failures_back_off_exponentially_and_stay_pending(
     assert await pusher.run_once(ignore_backoff=True) == 1
     [row] = await _rows(sessions)
     assert (row.status, row.attempts, row.last_error) == ("done", 3, None)
+    # Audited: the first failure (not every retry of it), then the delivery.
+    audited = await _push_audit(sessions)
+    assert [(e.action, e.actor, e.account_key, e.target) for e in audited] == [
+        ("push.retry", "system", A, A),
+        ("push.done", "system", A, A),
+    ]
+    assert audited[0].details == {"jti": "jti-a1", "attempts": 1, "error": "not connected to NATS"}
+    assert audited[1].details == {
+        "jti": "jti-a1",
+        "attempts": 3,
+        "servers": [{"server": "n1", "code": 200, "result": "updated"}],
+        "errors": None,
+    }
     assert [backoff_seconds(n, base=0.5, cap=30) for n in (1, 2, 3, 7, 8, 20)] == [
         0.5,
         1,
@@ -182,6 +201,9 @@ async def test_a_jwt_too_big_to_send_is_marked_failed_not_retried(
     [row] = await _rows(sessions)
     assert (row.status, row.attempts) == ("failed", 1) and "max_payload" in (row.last_error or "")
     assert await pusher.run_once(ignore_backoff=True) == 0
+    [audited] = await _push_audit(sessions)
+    assert (audited.action, audited.account_key) == ("push.failed", A)
+    assert "max_payload" in audited.details["error"]
 
 
 @pytest.mark.postgres

@@ -21,6 +21,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,8 @@ GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 T = TypeVar("T")
+#: The API tokens every stack makes (``Stack.tokens`` keys).
+TOKEN_SCOPES = ("admin", "admin:read", "scim")
 
 
 def patch(*operations: dict[str, Any]) -> dict[str, Any]:
@@ -109,8 +112,17 @@ class Stack:
             if extra_config:
                 with stack.config.open("a", encoding="utf-8") as config:
                     config.write("\n" + extra_config)
-            stack._serve(service_core)
-            stack._start_nats()
+            # The service starts while the tokens and the nats-server config are made: each
+            # is a process that spends a second or two importing, and none needs another.
+            stack._start_service(service_core)
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                made = [pool.submit(stack._create_token, scope) for scope in TOKEN_SCOPES]
+                nats_config = pool.submit(stack.cli, "nats-config")
+                for future in made:
+                    future.result()
+                config_text = nats_config.result()
+            stack._wait_service_ready()
+            stack._start_nats(config_text)
             stack._wait_push_connected()
         except BaseException:
             stack.stop()
@@ -149,11 +161,12 @@ class Stack:
             check=True,
             timeout=60,
         )
-        for scope in ("admin", "admin:read", "scim"):
-            out = self.cli("token", "create", "--name", f"e2e-{scope}", "--scope", scope)
-            self.tokens[scope] = out.strip().splitlines()[-1].strip()
 
-    def _serve(self, core: int | None) -> None:
+    def _create_token(self, scope: str) -> None:
+        out = self.cli("token", "create", "--name", f"e2e-{scope}", "--scope", scope)
+        self.tokens[scope] = out.strip().splitlines()[-1].strip()
+
+    def _start_service(self, core: int | None) -> None:
         self.service = Process(
             [resolver_bin(), "serve", "--config", str(self.config)],
             self.workdir / "service.log",
@@ -161,12 +174,14 @@ class Stack:
         )
         if core is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(self.service.proc.pid, {core})
+
+    def _wait_service_ready(self) -> None:
         # nats-server refuses to start unless the resolver URL answers: wait for it.
         self._wait_http("/jwt/v1/accounts/", lambda status, _body: status == 200)
 
-    def _start_nats(self) -> None:
+    def _start_nats(self, config_text: str) -> None:
         server = NatsServer(self.workdir / "nats", "n1", port=self.nats_port)
-        server.configure(f"server_name: n1\n{self.cli('nats-config')}")
+        server.configure(f"server_name: n1\n{config_text}")
         self.nats = server
         server.start()
 

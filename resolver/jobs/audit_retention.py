@@ -101,4 +101,6 @@ def setup(app: web.Application) -> None:
         "audit_retention",
         run,
         every_seconds=app[SETTINGS].audit.retention_check_seconds,
+        # Staggered with the other hourly jobs (see resolver.jobs.reconcile).
+        first_run_after=min(app[SETTINGS].audit.retention_check_seconds, 90.0),
     )

@@ -428,6 +428,6 @@ async def run(app: web.Application) -> dict[str, Any]:
 
 
 def setup(app: web.Application) -> None:
-    add_job(
-        app, "rotate_signing_keys", run, every_seconds=app[SETTINGS].jobs.rotation_check_seconds
-    )
+    every = app[SETTINGS].jobs.rotation_check_seconds
+    # Staggered with the other hourly jobs (see resolver.jobs.reconcile).
+    add_job(app, "rotate_signing_keys", run, every_seconds=every, first_run_after=min(every, 120.0))

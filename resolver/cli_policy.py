@@ -438,3 +438,46 @@ def policy_export(config: Path | None, output: Path | None) -> None:
     else:
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}")
+
+
+@account.command("import")
+@config_option
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+def account_import(config: Path | None, paths: tuple[Path, ...]) -> None:
+    """Import account JWTs signed by this operator's keys: .jwt files, directories (an nsc
+    store, a full resolver's dir; *.jwt found recursively) or pack files (pubkey|jwt lines).
+
+    Each is checked like `nsc push` and stored in its own transaction; progress and totals
+    go to stderr. Exits 1 when any failed.
+    """
+    from resolver.accounts.bulk_import import ImportTotals, find_account_jwts, import_one
+    from resolver.errors import ResolverError
+
+    settings = settings_from(config)
+    found, others = find_account_jwts(paths)
+    if others:
+        click.echo(f"passing over {others} JWT(s) that are not account JWTs", err=True)
+    totals = ImportTotals()
+    report_every = max(1, len(found) // 20)
+
+    async def go() -> None:
+        async with cli_session(settings) as session:
+            for done, candidate in enumerate(found, start=1):
+                try:
+                    async with session.begin():
+                        outcome = await import_one(session, candidate, actor=cli_actor())
+                    totals.count(outcome, candidate.origin)
+                except ResolverError as exc:
+                    totals.count("failed", candidate.origin, str(exc))
+                if done % report_every == 0 or done == len(found):
+                    click.echo(f"  {done}/{len(found)} account JWTs", err=True)
+
+    run(go())
+    for origin, reason in totals.failed:
+        click.echo(f"failed: {origin}: {reason}", err=True)
+    click.echo(
+        f"imported {totals.imported}, not newer than stored {totals.not_newer}, "
+        f"failed {len(totals.failed)}"
+    )
+    if totals.failed:
+        raise SystemExit(1)

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,8 +45,7 @@ from resolver.audit.connections import (
     record_connection_events,
 )
 from resolver.config import NatsSettings
-from resolver.errors import ConfigError
-from resolver.push.connection import RECONNECT_WAIT, tls_context
+from resolver.push.connection import OutageLog, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +206,7 @@ class ConnectionRecorder:
         self._flush_seconds = flush_seconds
         self._batch_rows = batch_rows
         self._retry_seconds = retry_seconds
-        try:
-            # Built now, so a bad certificate path stops start-up instead of every connect.
-            self._tls = tls_context(settings)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("nats.tls_ca", f"cannot load TLS files: {exc}") from None
+        self._tls = tls_context(settings)
         self.buffer = EventBuffer(max_buffered)
         self.counts = ConnectionCounts()
         self._client = Client()
@@ -220,7 +214,7 @@ class ConnectionRecorder:
         self._full = asyncio.Event()  # the buffer holds a batch
         self._tasks: list[asyncio.Task[None]] = []
         self._flushing: asyncio.Future[int] | None = None
-        self._failing = False  # the NATS connection
+        self._outage = OutageLog("connection audit ")
         self._write_failing = False  # the database
         self._dropped_reported = 0
         self.subscribed = asyncio.Event()
@@ -251,13 +245,7 @@ class ConnectionRecorder:
                 name="nats-iam-resolver connection audit",
                 user_credentials=str(self._creds_path),
                 tls=self._tls,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=RECONNECT_WAIT,
-                connect_timeout=2,
-                error_cb=self._error,
-                disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected,
+                **self._outage.connect_options(),
             )
             for subject in (CONNECT_SUBJECT, DISCONNECT_SUBJECT):
                 await self._client.subscribe(subject, queue=QUEUE_GROUP, cb=self._on_event)
@@ -273,7 +261,7 @@ class ConnectionRecorder:
             # The server has the subscriptions once this returns (if the connection broke
             # meanwhile, nats-py sends them again on reconnect).
             await self._client.flush(timeout=2)
-        self._failing = False
+        self._outage.connected()
         self.subscribed.set()
         log.info("connection audit subscribed to %s and %s", CONNECT_SUBJECT, DISCONNECT_SUBJECT)
 
@@ -365,18 +353,6 @@ class ConnectionRecorder:
                 self.buffer.limit,
             )
             self._dropped_reported = self.buffer.dropped
-
-    async def _error(self, exc: Exception) -> None:
-        if not self._failing:
-            log.warning("connection audit NATS connection problem: %s", type(exc).__name__)
-        self._failing = True
-
-    async def _disconnected(self) -> None:
-        log.warning("connection audit disconnected from NATS; reconnecting")
-
-    async def _reconnected(self) -> None:
-        self._failing = False
-        log.info("connection audit reconnected to NATS (subscriptions restored)")
 
     async def stop(self) -> None:
         """Stop receiving (other replicas get the next events), write what is buffered."""

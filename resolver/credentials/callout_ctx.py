@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -38,11 +37,10 @@ from resolver.credentials.callout import (
 from resolver.credentials.callout_keys import load_callout_keys, service_user_jwt
 from resolver.credentials.exchange import IssuedCredentials
 from resolver.credentials.identity import IdentityVerifier
-from resolver.errors import ConfigError
 from resolver.http.pushing import wait_pushed, wake_pusher
 from resolver.logs import request_id_var
 from resolver.natsjwt import format_creds
-from resolver.push.connection import RECONNECT_WAIT, tls_context
+from resolver.push.connection import OutageLog, tls_context
 
 log = logging.getLogger("resolver.credentials.callout")
 
@@ -76,16 +74,13 @@ class CalloutService:
         self._app = app
         self._responder = responder
         settings = app[SETTINGS]
-        try:
-            self._tls = tls_context(settings.nats)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("nats.tls_ca", f"cannot load TLS files: {exc}") from None
+        self._tls = tls_context(settings.nats)
         self._client = Client()
         self._task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._failing = False
+        self._outage = OutageLog("auth callout ")
         self._shed = 0
         self._shed_reported = 0.0
 
@@ -111,13 +106,7 @@ class CalloutService:
                 name="nats-iam-resolver auth callout",
                 user_credentials=creds,
                 tls=self._tls,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=RECONNECT_WAIT,
-                connect_timeout=2,
-                error_cb=self._error,
-                disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected,
+                **self._outage.connect_options(),
             )
             self._subscription = await self._client.subscribe(
                 AUTH_CALLOUT_SUBJECT, queue=QUEUE_GROUP, cb=self._on_request
@@ -127,7 +116,7 @@ class CalloutService:
         except Exception:
             log.exception("auth callout connection failed; callout clients are refused")
             return
-        self._failing = False
+        self._outage.connected()
         log.info(
             "auth callout answering %s in account %s (%s)",
             AUTH_CALLOUT_SUBJECT,
@@ -253,18 +242,6 @@ class CalloutService:
         except Exception:
             # The client is refused either way; a lost audit row must not become a timeout.
             log.exception("could not audit a refused callout")
-
-    async def _error(self, exc: Exception) -> None:
-        if not self._failing:
-            log.warning("auth callout NATS connection problem: %s", exc or type(exc).__name__)
-        self._failing = True
-
-    async def _disconnected(self) -> None:
-        log.warning("auth callout disconnected from NATS; reconnecting")
-
-    async def _reconnected(self) -> None:
-        self._failing = False
-        log.info("auth callout reconnected to NATS")
 
     async def stop(self) -> None:
         """Stop taking requests, let those under way finish (briefly), close."""

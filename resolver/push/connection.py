@@ -99,16 +99,66 @@ def parse_reply(subject: str, data: bytes) -> ServerReply | None:
 
 
 def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
-    """A client TLS context from ``nats.tls_*``; None lets nats-py use its defaults."""
+    """A client TLS context from ``nats.tls_*``; None lets nats-py use its defaults.
+
+    Called when a connection is built, so a bad certificate path stops start-up with a
+    ``ConfigError`` instead of failing every connect.
+    """
     if settings.tls_ca is None and settings.tls_cert is None:
         return None
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(settings.tls_ca) if settings.tls_ca else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(settings.tls_ca) if settings.tls_ca else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("nats.tls_ca", f"cannot load TLS files: {exc}") from None
     return context
+
+
+class OutageLog:
+    """nats-py's callbacks for a connection that reconnects forever, shared by the push,
+    auth callout and connection audit connections: a problem is logged once per outage,
+    not once per reconnect attempt. ``prefix`` names the connection in each line."""
+
+    def __init__(
+        self, prefix: str = "", *, on_reconnected: Callable[[], None] | None = None
+    ) -> None:
+        self._prefix = prefix
+        self._on_reconnected = on_reconnected
+        self.failing = False
+
+    def connected(self) -> None:
+        self.failing = False
+
+    async def error(self, exc: Exception) -> None:
+        # nats-py errors carry no secrets (the creds file is read, never echoed).
+        if not self.failing:
+            log.warning("%sNATS connection problem: %s", self._prefix, exc or type(exc).__name__)
+        self.failing = True
+
+    async def disconnected(self) -> None:
+        log.warning("%sdisconnected from NATS; reconnecting", self._prefix)
+
+    async def reconnected(self) -> None:
+        self.failing = False
+        log.info("%sreconnected to NATS", self._prefix)
+        if self._on_reconnected is not None:
+            self._on_reconnected()
+
+    def connect_options(self) -> dict[str, Any]:
+        """``Client.connect`` keywords: reconnect forever, these callbacks."""
+        return {
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": RECONNECT_WAIT,
+            "connect_timeout": 2,
+            "error_cb": self.error,
+            "disconnected_cb": self.disconnected,
+            "reconnected_cb": self.reconnected,
+        }
 
 
 class SystemConnection:
@@ -126,18 +176,13 @@ class SystemConnection:
         self._creds_path = creds_path
         self._on_connected = on_connected
         self._name = name
-        try:
-            # Built now, so a bad certificate path stops start-up instead of every connect.
-            self._tls = tls_context(settings)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("nats.tls_ca", f"cannot load TLS files: {exc}") from None
+        self._tls = tls_context(settings)
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
         # (server id, subject) pairs that answered pushes before: once all of them have
         # answered a push, waiting longer only delays the next one (a removal behind it).
         self._answering: set[tuple[str, str]] = set()
-        # Log a failure once per outage, not once per reconnect attempt.
-        self._failing = False
+        self._outage = OutageLog(on_reconnected=self._notify_connected)
 
     @property
     def connected(self) -> bool:
@@ -172,7 +217,7 @@ class SystemConnection:
             # stay pending and the admin view shows NATS as not connected.
             log.exception("NATS connection task failed")
             return
-        self._failing = False
+        self._outage.connected()
         log.info("connected to NATS at %s as the system user", self.server_url)
         self._notify_connected()
 
@@ -182,32 +227,12 @@ class SystemConnection:
             name=self._name,
             user_credentials=str(self._creds_path),
             tls=self._tls,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=RECONNECT_WAIT,
-            connect_timeout=2,
-            error_cb=self._error,
-            disconnected_cb=self._disconnected,
-            reconnected_cb=self._reconnected,
+            **self._outage.connect_options(),
         )
 
     def _notify_connected(self) -> None:
         if self._on_connected is not None:
             self._on_connected()
-
-    async def _error(self, exc: Exception) -> None:
-        # nats-py errors carry no secrets (the creds file is read, never echoed).
-        if not self._failing:
-            log.warning("NATS connection problem: %s", exc or type(exc).__name__)
-        self._failing = True
-
-    async def _disconnected(self) -> None:
-        log.warning("disconnected from NATS; reconnecting")
-
-    async def _reconnected(self) -> None:
-        self._failing = False
-        log.info("reconnected to NATS at %s", self.server_url)
-        self._notify_connected()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -7,7 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from resolver.audit.connection_recorder import ConnectionRecorder
 from resolver.config import NatsSettings
 from resolver.db.models import Account
 from resolver.errors import ConfigError
@@ -69,3 +71,6 @@ def test_unreadable_tls_files_stop_start_up(tmp_path: Path) -> None:
     settings = NatsSettings(tls_ca=tmp_path / "missing-ca.pem")
     with pytest.raises(ConfigError, match=r"nats\.tls_ca"):
         SystemConnection(settings, tmp_path / "sys.creds")
+    # The connection audit builds its context through the same function.
+    with pytest.raises(ConfigError, match=r"nats\.tls_ca"):
+        ConnectionRecorder(async_sessionmaker(), settings, tmp_path / "sys.creds")

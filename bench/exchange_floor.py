@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resolver.db.engine import create_engine, create_sessionmaker
 from resolver.db.sqlite_driver import inline_statements
+from resolver.jobs import wal_checkpoint
 from resolver.natsjwt import encode, new_keypair
 from resolver.natsjwt.claims import user_claims
 
@@ -43,13 +44,13 @@ ISSUED = "INSERT INTO issued VALUES (:key, :name, :exp)"
 AUDIT = "INSERT INTO audit (at, who, what) VALUES (:at, :who, :what)"
 
 
-def checkpoint_every_second(database: str) -> None:
+def checkpoint_like_the_service(database: str) -> None:
     # As the service's checkpointer does (resolver.db.checkpoint): at the lowest priority,
-    # so the copy runs in the server's idle time.
+    # so the copy runs in the server's idle time, and as often.
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     connection = sqlite3.connect(database, isolation_level=None)
     while True:
-        time.sleep(1)
+        time.sleep(wal_checkpoint.EVERY_SECONDS)
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
@@ -65,7 +66,7 @@ def build_app(
     db.execute("PRAGMA wal_autocheckpoint=0")
     db.execute("CREATE TABLE IF NOT EXISTS issued (key TEXT PRIMARY KEY, name TEXT, exp INT)")
     db.execute("CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, at REAL, who, what)")
-    threading.Thread(target=checkpoint_every_second, args=(database,), daemon=True).start()
+    threading.Thread(target=checkpoint_like_the_service, args=(database,), daemon=True).start()
     engine = create_engine(f"sqlite+aiosqlite:///{database}", wal_autocheckpoint=False)
     sessionmaker = create_sessionmaker(engine)
 

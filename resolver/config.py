@@ -126,6 +126,9 @@ class CredentialSettings:
     jwks_refetch_seconds: int = 30
     #: Timeout of one JWKS (or key URL) fetch, in seconds.
     jwks_timeout: float = 5.0
+    #: Issued user keys whose JWT expired more than this many days ago are forgotten by a
+    #: job (resolver.jobs.issued_keys_retention); 0 keeps them forever.
+    issued_keys_retention_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -407,6 +410,7 @@ _PARSERS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "jwks_cache_seconds": _as_int(1, 86_400),
         "jwks_refetch_seconds": _as_int(0, 86_400),
         "jwks_timeout": _as_float,
+        "issued_keys_retention_days": _as_int(0, 100 * 366),
     },
     "front_proxy": {
         "identity_header": _as_header,

@@ -117,6 +117,17 @@ RECONCILE_STALE_BY_SERVER = Gauge(
     ["server"],
 )
 
+# -- SQLite ----------------------------------------------------------------------------------
+
+WAL_CHECKPOINTS = Counter(
+    "nir_wal_checkpoints_total",
+    "SQLite WAL checkpoints by result (ok, busy: another process held the lock, failed)",
+    ["result"],
+)
+WAL_LOG_FRAMES = Gauge(
+    "nir_wal_log_frames", "Frames in the SQLite write-ahead log at the last checkpoint"
+)
+
 # -- jobs ------------------------------------------------------------------------------------
 
 JOB_RUNS = Counter("nir_job_runs_total", "Scheduled job runs by job and result", ["job", "result"])

@@ -9,9 +9,9 @@ exchange of bench/exchange_floor.py (RS256 check, signature, two inserts, commit
 of 15 ms at 200 requests/s with SQLite's own checkpoints, and 6-7 ms with this.
 
 So the serving engine turns auto-checkpoint off (``create_engine(...,
-wal_autocheckpoint=False)``) and a job (resolver/jobs/wal_checkpoint.py) checkpoints once a
-second with a ``WalCheckpointer``. Other processes (the CLI) keep SQLite's auto-checkpoint,
-and the last connection to close checkpoints whatever is left.
+wal_autocheckpoint=False)``) and the service (resolver/jobs/wal_checkpoint.py) checkpoints
+ten times a second with a ``WalCheckpointer``. Other processes (the CLI) keep SQLite's
+auto-checkpoint, and the last connection to close checkpoints whatever is left.
 
 Two more things the checkpointer does, both found with bench/credentials.py at 200
 exchanges a second:
@@ -24,8 +24,8 @@ exchanges a second:
   never run, and the log would grow for as long as the load lasted.
 - It keeps the log bounded. A writer starts the log over from its beginning only if it
   begins after a checkpoint that copied everything. Under steady load some commit always
-  landed while the checkpoint ran (30-50 ms), so the log never started over and grew by
-  about 9 MB a second at 200 exchanges a second, for as long as the load lasted. Once the
+  landed while the checkpoint ran (5-50 ms), so the log never started over and grew by
+  9-14 MB a second at 200 exchanges a second, for as long as the load lasted. Once the
   log is past ``RESTART_FRAMES``, the checkpointer copies the few frames committed
   meanwhile again while it holds this process's writer turn (resolver.db.sqlite_driver), so
   the next commit starts the log over and writes it again from the start of the file.
@@ -48,9 +48,9 @@ from resolver.db.sqlite_driver import OneTripDBAPI
 log = logging.getLogger(__name__)
 
 #: Frames (pages) in the log past which a checkpoint makes sure the log starts over: 256 MiB
-#: at SQLite's 4 KiB pages, about 30 s of 200 exchanges a second without a pause. Below it
+#: at SQLite's 4 KiB pages, about 20 s of 200 exchanges a second without a pause. Below it
 #: the log starts over whenever the writes pause for as long as a checkpoint takes. Not
-#: lower: this process's writers wait while that copy runs, and its two fsyncs took 30-40 ms
+#: lower: this process's writers wait while that copy runs, and its two fsyncs took 15-40 ms
 #: on the 2-core VM however few frames there were. The log file keeps this size and is
 #: written over from its start (see resolver.db.engine.WAL_SIZE_LIMIT_BYTES).
 RESTART_FRAMES = 65_536

@@ -1,4 +1,7 @@
-"""Periodic jobs (APScheduler): the scheduler lives in ``scheduler``, each job in its module."""
+"""Periodic jobs (APScheduler): the scheduler lives in ``scheduler``, each job in its module.
+
+The SQLite WAL checkpoint is periodic too, but paces itself ten times a second, outside
+the scheduler (``wal_checkpoint`` says why)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from aiohttp import web
 from resolver.jobs import (
     audit_retention,
     bindings,
+    issued_keys_retention,
     prune,
     reconcile,
     resign,
@@ -17,13 +21,12 @@ from resolver.jobs import (
 
 
 def setup(app: web.Application) -> None:
-    # Before the scheduler: what a job holds (the checkpointer's thread) is released after
-    # the scheduler has stopped the jobs (cleanup contexts unwind in reverse).
     wal_checkpoint.setup(app)
     scheduler.setup(app)
     resign.setup(app)
     bindings.setup(app)
     prune.setup(app)
     audit_retention.setup(app)
+    issued_keys_retention.setup(app)
     rotate.setup(app)
     reconcile.setup(app)

@@ -1,23 +1,19 @@
 """The audit retention job: delete audit rows older than ``[audit] retention_days``.
 
-In batches, each in a transaction of its own: deleting a year of connection events in one
-statement would hold SQLite's one write lock (and, on PostgreSQL, a transaction's worth of
-WAL and row locks) for as long as it takes, stalling every credentials request meanwhile.
-Deleting by id below a cutoff is idempotent, so replicas running it at once do no harm.
+In batches, each in a transaction of its own (``delete_in_batches`` says why).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from resolver.appkeys import SESSIONMAKER, SETTINGS
 from resolver.audit.service import SYSTEM, record
+from resolver.db.batched_delete import delete_in_batches
 from resolver.db.models import AuditEntry, utcnow
 from resolver.jobs.scheduler import add_job
 
@@ -42,28 +38,10 @@ async def prune_audit_log(
     if retention_days <= 0:
         return 0
     cutoff = (now or utcnow()) - timedelta(days=retention_days)
-    deleted = 0
-    while True:
-        async with sessions() as session, session.begin():
-            # By id, through the ``at`` index: the same statement on SQLite and PostgreSQL
-            # (neither takes DELETE ... LIMIT portably).
-            batch = (
-                select(AuditEntry.id)
-                .where(AuditEntry.at < cutoff)
-                .order_by(AuditEntry.id)
-                .limit(batch_size)
-                .scalar_subquery()
-            )
-            result = await session.execute(
-                delete(AuditEntry)
-                .where(AuditEntry.id.in_(batch))
-                .execution_options(synchronize_session=False)
-            )
-            gone = max(0, result.rowcount or 0)
-        deleted += gone
-        if gone < batch_size:
-            break
-        await asyncio.sleep(0)  # let requests waiting for the database in between
+    # Through the ``at`` index.
+    deleted = await delete_in_batches(
+        sessions, AuditEntry, AuditEntry.at < cutoff, batch_size=batch_size
+    )
     if deleted:
         async with sessions() as session, session.begin():
             record(

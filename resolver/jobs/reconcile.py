@@ -142,7 +142,8 @@ async def run(app: web.Application) -> dict[str, object]:
 def setup(app: web.Application) -> None:
     every = app[SETTINGS].jobs.reconcile_seconds
     if every > 0:
-        # First runs are staggered (retention 90 s, rotation 120 s, this 300 s after start):
-        # every hourly job would otherwise fire 60 s after start-up together with re-sign and
-        # prune, and their burst showed as tens of ms of queueing in bench/credentials.py.
+        # First runs are staggered (audit retention 90 s, rotation 120 s, issued keys 150 s,
+        # this 300 s after start): every hourly job would otherwise fire 60 s after start-up
+        # together with re-sign and prune, and their burst showed as tens of ms of queueing
+        # in bench/credentials.py.
         add_job(app, "reconcile", run, every_seconds=every, first_run_after=min(every, 300.0))

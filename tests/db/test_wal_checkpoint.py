@@ -1,4 +1,4 @@
-"""WAL checkpoints: never inside a commit of the serving engine, always by the job."""
+"""WAL checkpoints: never inside a commit of the serving engine, always by the checkpointer."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from resolver.db.sqlite_driver import BUSY_TIMEOUT_MS
 from resolver.jobs import wal_checkpoint
 from resolver.jobs.scheduler import JOBS
 from resolver.jobs.wal_checkpoint import EVERY_SECONDS
+from resolver.metrics import WAL_CHECKPOINTS, WAL_LOG_FRAMES
 from tests.push.conftest import wait_for
 
 #: Written in commits of 64 KiB: 2,000 pages of 4 KiB, twice SQLite's auto-checkpoint mark.
@@ -69,16 +70,21 @@ async def test_the_serving_engine_leaves_the_log_to_the_checkpointer(
         assert done.log_frames > BYTES // 4096
 
 
-async def test_the_app_checkpoints_the_log_in_a_job(
+def checkpoints(result: str) -> float:
+    return WAL_CHECKPOINTS.labels(result)._value.get()
+
+
+async def test_the_app_checkpoints_the_log_several_times_on_its_own(
     settings: Settings, engine: AsyncEngine, aiohttp_client: Any
 ) -> None:
     app = create_app(settings)
-    jobs = {spec.name for spec in app[JOBS]}
-    if engine.dialect.name != "sqlite":
-        assert "wal_checkpoint" not in jobs  # PostgreSQL has no such log to copy
-        return
-    assert "wal_checkpoint" in jobs
+    # Paced by itself, not by the scheduler (wal_checkpoint says why).
+    assert "wal_checkpoint" not in {spec.name for spec in app[JOBS]}
     client = await aiohttp_client(app)
+    if engine.dialect.name != "sqlite":
+        assert WAL_CHECKPOINTER not in client.app  # PostgreSQL has no such log to copy
+        return
+    before_ok = checkpoints("ok")
     app_engine = client.app[ENGINE]
     async with app_engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 0
@@ -96,7 +102,13 @@ async def test_the_app_checkpoints_the_log_in_a_job(
         # Only a checkpoint writes the log's pages into the file; the last page comes last.
         return await asyncio.to_thread(size) >= before + BYTES
 
-    await wait_for(copied, within=10 * EVERY_SECONDS, what="a checkpoint of the log")
+    await wait_for(copied, within=5.0, what="a checkpoint of the log")
+
+    async def repeated() -> bool:
+        return checkpoints("ok") >= before_ok + 3
+
+    await wait_for(repeated, within=5.0, what="more checkpoints")
+    assert WAL_LOG_FRAMES._value.get() >= 0
 
 
 async def commit_one(engine: AsyncEngine) -> None:
@@ -200,7 +212,7 @@ async def test_the_checkpoint_runs_on_a_thread_of_the_lowest_priority(tmp_path: 
     assert os.getpriority(os.PRIO_PROCESS, loop_thread) == loop_niceness  # the loop's own
 
 
-async def test_a_failing_checkpoint_is_reported_once_not_every_second(
+async def test_a_failing_checkpoint_is_reported_once_not_every_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}", wal_autocheckpoint=False)
@@ -211,6 +223,7 @@ async def test_a_failing_checkpoint_is_reported_once_not_every_second(
     def broken() -> WalCheckpoint:
         raise sqlite3.OperationalError("disk I/O error")
 
+    failed_before = checkpoints("failed")
     try:
         caplog.set_level(logging.DEBUG, logger="resolver.jobs.wal_checkpoint")
         monkeypatch.setattr(checkpointer, "_on_low_priority_thread", broken)
@@ -223,7 +236,9 @@ async def test_a_failing_checkpoint_is_reported_once_not_every_second(
         await asyncio.to_thread(checkpointer.close)
         await engine.dispose()
     said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    failed = f"OperationalError: disk I/O error (trying again every {EVERY_SECONDS:g} s)"
     assert said == [
-        ("WARNING", "WAL checkpoint failed: disk I/O error (trying again every 1 s)", None),
+        ("WARNING", f"WAL checkpoint failed: {failed}", None),
         ("WARNING", "WAL checkpoint works again", None),
     ]
+    assert checkpoints("failed") == failed_before + 3

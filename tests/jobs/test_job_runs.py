@@ -211,9 +211,6 @@ async def test_the_jobs_endpoint_lists_jobs_leader_and_last_runs(
     url = str(client.server.app[SESSIONMAKER].kw["bind"].url)
     expected = "postgresql-advisory-lock" if url.startswith("postgresql") else "single-process"
     assert body["leader"]["election"] == expected
-    if expected == "single-process":
-        # The WAL checkpoint is this process's own job: listed, never shared.
-        assert jobs["wal_checkpoint"]["leader_only"] is False
 
 
 def test_the_jobs_command_lists_recorded_runs(tmp_path: Path) -> None:

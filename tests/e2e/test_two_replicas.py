@@ -42,7 +42,6 @@ from tests.support.nats import NatsServer
 from tests.support.ports import free_port
 from tests.support.processes import Process, resolver_bin
 from tests.support.stack import (
-    TOKEN_SCOPES,
     Api,
     Stack,
     connect,
@@ -120,8 +119,7 @@ def replicas(tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch) -> 
     b: Process | None = None
     try:
         stack._init()
-        for scope in TOKEN_SCOPES:
-            stack._create_token(scope)
+        stack._set_up(nats_config=False)
         stack._start_service(None)  # replica A: first, so it wins the jobs lock
         stack._wait_service_ready()
         b_port = free_port()

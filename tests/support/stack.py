@@ -6,6 +6,7 @@ admin, a read-only admin and a SCIM token with ``token create``, ``serve`` on an
 (``resolver: URL(http://127.0.0.1:PORT/jwt/v1/accounts/)``), and wait until the service's
 push connection to it is up. ``Stack.stop`` stops both processes. SQLite by default; any
 ``database_url`` (PostgreSQL) is handed to every command as ``RESOLVER_DATABASE_URL``.
+``token create`` and ``nats-config`` run in one process (tests/support/stack_setup.py).
 
 ``Api`` speaks to the service over HTTP as an IdP (SCIM) and an admin do; ``connect`` is a
 NATS client with a creds file that records what happens to its connection. Nothing here
@@ -18,10 +19,10 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +39,8 @@ GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 T = TypeVar("T")
+#: Where ``tests`` is importable from (``_set_up`` runs a module of it).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The API tokens every stack makes (``Stack.tokens`` keys).
 TOKEN_SCOPES = ("admin", "admin:read", "scim")
 
@@ -113,14 +116,9 @@ class Stack:
                 with stack.config.open("a", encoding="utf-8") as config:
                     config.write("\n" + extra_config)
             # The service starts while the tokens and the nats-server config are made: each
-            # is a process that spends a second or two importing, and none needs another.
+            # is a process that spends a second or two importing, and neither needs the other.
             stack._start_service(service_core)
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                made = [pool.submit(stack._create_token, scope) for scope in TOKEN_SCOPES]
-                nats_config = pool.submit(stack.cli, "nats-config")
-                for future in made:
-                    future.result()
-                config_text = nats_config.result()
+            config_text = stack._set_up(nats_config=True)
             stack._wait_service_ready()
             stack._start_nats(config_text)
             stack._wait_push_connected()
@@ -162,9 +160,24 @@ class Stack:
             timeout=60,
         )
 
-    def _create_token(self, scope: str) -> None:
-        out = self.cli("token", "create", "--name", f"e2e-{scope}", "--scope", scope)
-        self.tokens[scope] = out.strip().splitlines()[-1].strip()
+    def _set_up(self, *, nats_config: bool) -> str:
+        """``token create`` for each of ``TOKEN_SCOPES`` (into ``tokens``) and, if asked,
+        ``nats-config`` (its output), in one process (tests/support/stack_setup.py)."""
+        flags = ["--nats-config"] if nats_config else []
+        command = [sys.executable, "-m", "tests.support.stack_setup", str(self.config)]
+        result = subprocess.run(
+            [*command, *flags, *TOKEN_SCOPES],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            cwd=REPO_ROOT,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        made = json.loads(result.stdout.strip().splitlines()[-1])
+        self.tokens.update(made["tokens"])
+        return made["nats_config"] or ""
 
     def _start_service(self, core: int | None) -> None:
         self.service = Process(

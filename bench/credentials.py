@@ -114,8 +114,13 @@ class LeanHTTP:
         self._all: list[asyncio.StreamWriter] = []
 
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            reader, writer = self._idle.pop()
+            # The server closes a connection idle for its keep-alive timeout (aiohttp: 75 s,
+            # which a long --seconds outlasts): take another.
+            if not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.close()
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         self._all.append(writer)
         return reader, writer
